@@ -1,0 +1,480 @@
+"""Reference architectures: the ESRGAN generator (``RRDBNet``) and the AESOP autoencoder.
+
+Both use the parameter names of BasicSR and of the authors' AESOP code, so that their checkpoints
+load strictly, key for key. ``AutoEncoder`` is the paper's design: a learned encoder that squeezes an
+HR image into a 3-channel LR-sized bottleneck, followed by a PSNR-oriented ``RRDBNet`` decoder.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "RRDB",
+    "AutoEncoder",
+    "BicubicDownsample",
+    "EncoderKind",
+    "RRDBNet",
+    "ResidualDenseBlock",
+]
+
+EncoderKind = Literal["learned", "bicubic"]
+
+# RRDBNet scale -> pixel-unshuffle factor applied to its input (BasicSR convention).
+_UNSHUFFLE_FOR_SCALE = {4: 1, 2: 2, 1: 4}
+_LRELU_SLOPE = 0.2
+
+
+def _scaled_kaiming_(modules: list[nn.Module], scale: float) -> None:
+    """BasicSR's ``default_init_weights``: Kaiming-normal convs scaled down, zero biases."""
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight)
+                m.weight.data.mul_(scale)
+                if m.bias is not None:
+                    m.bias.data.zero_()
+
+
+def _conv3x3(in_ch: int, out_ch: int) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, 3, 1, 1)
+
+
+class ResidualDenseBlock(nn.Module):
+    """Five densely connected 3x3 convs with a scaled residual (ESRGAN's RDB).
+
+    Args:
+        num_feat: Channels in and out.
+        num_grow_ch: Channels each of the first four convs adds to the dense concatenation.
+
+    Examples:
+        >>> block = ResidualDenseBlock(num_feat=8, num_grow_ch=4)
+        >>> block(torch.zeros(1, 8, 5, 5)).shape
+        torch.Size([1, 8, 5, 5])
+    """
+
+    def __init__(self, *, num_feat: int = 64, num_grow_ch: int = 32) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(num_feat, num_grow_ch)
+        self.conv2 = _conv3x3(num_feat + num_grow_ch, num_grow_ch)
+        self.conv3 = _conv3x3(num_feat + 2 * num_grow_ch, num_grow_ch)
+        self.conv4 = _conv3x3(num_feat + 3 * num_grow_ch, num_grow_ch)
+        self.conv5 = _conv3x3(num_feat + 4 * num_grow_ch, num_feat)
+        _scaled_kaiming_([self], 0.1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        feats = [x]
+        for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
+            feats.append(F.leaky_relu(conv(torch.cat(feats, 1)), _LRELU_SLOPE))
+        return self.conv5(torch.cat(feats, 1)) * 0.2 + x
+
+
+class RRDB(nn.Module):
+    """Residual-in-residual dense block: three ``ResidualDenseBlock`` and a scaled skip.
+
+    Args:
+        num_feat: Channels in and out.
+        num_grow_ch: Growth channels of the inner dense blocks.
+
+    Examples:
+        >>> RRDB(num_feat=8, num_grow_ch=4)(torch.zeros(1, 8, 5, 5)).shape
+        torch.Size([1, 8, 5, 5])
+    """
+
+    def __init__(self, *, num_feat: int = 64, num_grow_ch: int = 32) -> None:
+        super().__init__()
+        self.rdb1 = ResidualDenseBlock(num_feat=num_feat, num_grow_ch=num_grow_ch)
+        self.rdb2 = ResidualDenseBlock(num_feat=num_feat, num_grow_ch=num_grow_ch)
+        self.rdb3 = ResidualDenseBlock(num_feat=num_feat, num_grow_ch=num_grow_ch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
+
+
+class _RRDBStack(nn.Sequential):
+    """A chain of RRDBs that can trade compute for memory with activation checkpointing."""
+
+    def __init__(self, *, num_block: int, num_feat: int, num_grow_ch: int) -> None:
+        super().__init__(*(RRDB(num_feat=num_feat, num_grow_ch=num_grow_ch) for _ in range(num_block)))
+        self.gradient_checkpointing = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.gradient_checkpointing and torch.is_grad_enabled()):
+            return super().forward(x)
+        for block in self:
+            x = checkpoint(block, x, use_reentrant=False)
+        return x
+
+
+M = TypeVar("M", bound="_HubMixin")
+
+
+class _HubMixin(nn.Module):
+    """``from_pretrained`` / ``save_pretrained`` / ``push_to_hub`` shared by the architectures."""
+
+    @property
+    def config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_pretrained(
+        cls: type[M],
+        src: str | os.PathLike[str],
+        *,
+        revision: str | None = None,
+        device: str | torch.device | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+    ) -> M:
+        """Load weights from the Hub, a folder, a ``.safetensors`` file or a ``.pth`` checkpoint.
+
+        Bare files in any supported layout (the authors' AE checkpoints with their duplicated
+        encoder keys; BasicSR, original-ESRGAN and ``RRDB_trunk`` generators) are canonicalised and
+        every hyperparameter is inferred from tensor shapes. Loading is always strict, and ``.pth``
+        files are read with ``weights_only=True``. ``"demo"`` names the small AE bundled with the
+        package (examples and tests only).
+
+        Args:
+            src: Hub repo id (``org/name`` or ``org/name@revision``), ``"demo"``, a folder written
+                by ``save_pretrained``, a ``.safetensors`` file, or a ``.pth`` checkpoint
+                (``{"params_ema": sd}``, ``{"params": sd}`` or a bare state dict).
+            revision: Hub revision (branch, tag or commit) when ``src`` is a repo id.
+            device: Where to put the weights (default: CPU).
+            local_files_only: Never touch the network; use the Hub cache only (as does
+                ``HF_HUB_OFFLINE=1``).
+            token: Hub token for private or gated repos.
+
+        Returns:
+            The model, in eval mode.
+
+        Raises:
+            CheckpointError: Nothing usable at ``src``; the message names the file and problem.
+
+        Examples:
+            >>> import tempfile
+            >>> ae = AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8, scale=2)
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     _ = ae.save_pretrained(d)
+            ...     AutoEncoder.from_pretrained(d).config == ae.config
+            True
+        """
+        from .hub import load_model
+
+        return load_model(
+            cls, src, revision=revision, device=device, local_files_only=local_files_only, token=token
+        )
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], **card: Any) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` + a model card ``README.md``, atomically.
+
+        Args:
+            save_directory: Folder to write (created if needed).
+            **card: Model-card facts, the fields of ``aesop_loss.hub.ModelCardInfo``.
+
+        Returns:
+            The folder.
+        """
+        from .hub import save_model
+
+        return save_model(self, save_directory, **card)
+
+    def push_to_hub(
+        self, repo_id: str, *, token: str | None = None, private: bool | None = None, **card: Any
+    ) -> str:
+        """Publish this model as a Hub repo (the ``save_pretrained`` folder); returns the commit URL."""
+        from .hub import push_model_to_hub
+
+        return push_model_to_hub(self, repo_id, token=token, private=private, **card)
+
+
+class RRDBNet(_HubMixin):
+    """The ESRGAN generator with BasicSR's parameter layout.
+
+    Scale 2 and 1 pixel-unshuffle the input by 2 and 4 first (as BasicSR and Real-ESRGAN do), so
+    the trunk always upsamples x4 and every BasicSR ``RRDBNet`` checkpoint of these scales loads
+    with ``strict=True``.
+
+    Args:
+        num_in_ch: Input image channels.
+        num_out_ch: Output image channels.
+        num_feat: Trunk width.
+        num_block: Number of RRDB blocks in the trunk.
+        num_grow_ch: Growth channels of the dense blocks.
+        scale: Upscaling factor, 4, 2 or 1.
+
+    Examples:
+        >>> net = RRDBNet(num_feat=8, num_block=1, num_grow_ch=4, scale=4)
+        >>> net(torch.zeros(1, 3, 6, 7)).shape
+        torch.Size([1, 3, 24, 28])
+        >>> RRDBNet(**net.config).config == net.config
+        True
+    """
+
+    def __init__(
+        self,
+        *,
+        num_in_ch: int = 3,
+        num_out_ch: int = 3,
+        num_feat: int = 64,
+        num_block: int = 23,
+        num_grow_ch: int = 32,
+        scale: int = 4,
+    ) -> None:
+        super().__init__()
+        if scale not in _UNSHUFFLE_FOR_SCALE:
+            raise ValueError(f"RRDBNet supports scale 4, 2 or 1; got scale={scale}.")
+        for name, value in (
+            ("num_in_ch", num_in_ch),
+            ("num_out_ch", num_out_ch),
+            ("num_feat", num_feat),
+            ("num_grow_ch", num_grow_ch),
+        ):
+            if value < 1:
+                raise ValueError(f"RRDBNet: {name} must be >= 1, got {value}.")
+        if num_block < 0:
+            raise ValueError(f"RRDBNet: num_block must be >= 0, got {num_block}.")
+        self.num_in_ch = num_in_ch
+        self.num_out_ch = num_out_ch
+        self.num_feat = num_feat
+        self.num_block = num_block
+        self.num_grow_ch = num_grow_ch
+        self.scale = scale
+        self._unshuffle = _UNSHUFFLE_FOR_SCALE[scale]
+
+        self.conv_first = _conv3x3(num_in_ch * self._unshuffle**2, num_feat)
+        self.body = _RRDBStack(num_block=num_block, num_feat=num_feat, num_grow_ch=num_grow_ch)
+        self.conv_body = _conv3x3(num_feat, num_feat)
+        self.conv_up1 = _conv3x3(num_feat, num_feat)
+        self.conv_up2 = _conv3x3(num_feat, num_feat)
+        self.conv_hr = _conv3x3(num_feat, num_feat)
+        self.conv_last = _conv3x3(num_feat, num_out_ch)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this architecture (``RRDBNet(**net.config)``)."""
+        return {
+            "num_in_ch": self.num_in_ch,
+            "num_out_ch": self.num_out_ch,
+            "num_feat": self.num_feat,
+            "num_block": self.num_block,
+            "num_grow_ch": self.num_grow_ch,
+            "scale": self.scale,
+        }
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether the RRDB trunk recomputes activations in backward to save memory."""
+        return self.body.gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enabled: bool) -> None:
+        self.body.gradient_checkpointing = enabled
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._unshuffle > 1:
+            x = F.pixel_unshuffle(x, self._unshuffle)
+        feat = self.conv_first(x)
+        feat = feat + self.conv_body(self.body(feat))
+        feat = F.leaky_relu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")), _LRELU_SLOPE)
+        feat = F.leaky_relu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")), _LRELU_SLOPE)
+        return self.conv_last(F.leaky_relu(self.conv_hr(feat), _LRELU_SLOPE))
+
+
+class BicubicDownsample(nn.Module):
+    """Antialiased bicubic downsampling by ``scale``; the reference ablation's fixed encoder.
+
+    Args:
+        scale: Downsampling factor.
+
+    Examples:
+        >>> BicubicDownsample(scale=4)(torch.rand(1, 3, 16, 8)).shape
+        torch.Size([1, 3, 4, 2])
+    """
+
+    def __init__(self, *, scale: int) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.interpolate(
+            x, scale_factor=1.0 / self.scale, mode="bicubic", align_corners=False, antialias=True
+        )
+
+
+class AutoEncoder(_HubMixin):
+    """The AESOP autoencoder: learned (or bicubic) encoder to an LR bottleneck, RRDBNet decoder.
+
+    The learned encoder is the authors' design: conv(3 -> C/s^2), conv(C/s^2 -> C/s^2),
+    ``PixelUnshuffle(2)`` applied log2(s) times, two RRDB blocks, conv(C -> C), conv(C -> 3), with
+    no activations between those convs (C = ``num_feat``, s = ``scale``). ``forward(x)`` is
+    ``decode(encode(x))``: "AE space", where ``AESOPLoss`` measures distances.
+
+    Args:
+        num_in_ch: Image channels (also the bottleneck's channels).
+        num_feat: Width of the decoder trunk and of the encoder's RRDB blocks.
+        num_block: RRDB blocks in the decoder.
+        num_grow_ch: Growth channels of every dense block.
+        scale: Bottleneck downscaling factor (= decoder upscaling), 4 (the paper) or 2.
+        encoder: ``"learned"`` (the paper) or ``"bicubic"`` (the reference ablation: fixed
+            antialiased bicubic downsampling, no parameters).
+
+    Examples:
+        >>> ae = AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8, scale=4)
+        >>> x = torch.rand(1, 3, 32, 48)
+        >>> ae.encode(x).shape
+        torch.Size([1, 3, 8, 12])
+        >>> ae(x).shape
+        torch.Size([1, 3, 32, 48])
+    """
+
+    def __init__(
+        self,
+        *,
+        num_in_ch: int = 3,
+        num_feat: int = 64,
+        num_block: int = 23,
+        num_grow_ch: int = 32,
+        scale: int = 4,
+        encoder: EncoderKind = "learned",
+    ) -> None:
+        super().__init__()
+        if scale not in (2, 4):
+            raise ValueError(f"AutoEncoder supports scale 4 or 2; got scale={scale}.")
+        if encoder not in ("learned", "bicubic"):
+            raise ValueError(f"encoder must be 'learned' or 'bicubic', got {encoder!r}.")
+        self.num_in_ch = num_in_ch
+        self.num_feat = num_feat
+        self.num_block = num_block
+        self.num_grow_ch = num_grow_ch
+        self.scale = scale
+        self.encoder_kind: EncoderKind = encoder
+        self.encoder: nn.Module
+        if encoder == "learned":
+            if num_feat % (scale * scale):
+                raise ValueError(
+                    f"AutoEncoder: num_feat={num_feat} must be divisible by scale**2={scale**2} "
+                    "(the encoder pixel-unshuffles num_feat/scale**2 channels up to num_feat)."
+                )
+            hidden = num_feat // (scale * scale)
+            stem = nn.Sequential(_conv3x3(num_in_ch, hidden), _conv3x3(hidden, hidden))
+            head = nn.Sequential(_conv3x3(num_feat, num_feat), _conv3x3(num_feat, num_in_ch))
+            _scaled_kaiming_([stem, head], 0.1)
+            self.encoder = nn.Sequential(
+                stem,
+                nn.Sequential(*(nn.PixelUnshuffle(2) for _ in range(int(math.log2(scale))))),
+                _RRDBStack(num_block=2, num_feat=num_feat, num_grow_ch=num_grow_ch),
+                head,
+            )
+        else:
+            self.encoder = BicubicDownsample(scale=scale)
+        self.decoder = RRDBNet(
+            num_in_ch=num_in_ch,
+            num_out_ch=num_in_ch,
+            num_feat=num_feat,
+            num_block=num_block,
+            num_grow_ch=num_grow_ch,
+            scale=scale,
+        )
+        # Set once weights arrive through load_state_dict (from_pretrained, resume) or by the
+        # pretraining routine; AESOPLoss warns about an AE that was never trained.
+        self.is_pretrained = False
+        self.register_load_state_dict_post_hook(_mark_pretrained)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this architecture (``AutoEncoder(**ae.config)``)."""
+        return {
+            "num_in_ch": self.num_in_ch,
+            "num_feat": self.num_feat,
+            "num_block": self.num_block,
+            "num_grow_ch": self.num_grow_ch,
+            "scale": self.scale,
+            "encoder": self.encoder_kind,
+        }
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether RRDB trunks recompute activations in backward (less memory, ~1/3 more compute)."""
+        return self.decoder.gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enabled: bool) -> None:
+        for module in self.modules():
+            if isinstance(module, _RRDBStack):
+                module.gradient_checkpointing = enabled
+
+    @classmethod
+    def from_decoder(
+        cls,
+        decoder: RRDBNet | str | os.PathLike[str],
+        *,
+        encoder: EncoderKind = "learned",
+        revision: str | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+    ) -> AutoEncoder:
+        """Build an AE around a PSNR-oriented generator, as the paper initialises its decoder.
+
+        Args:
+            decoder: An ``RRDBNet``, or anything ``RRDBNet.from_pretrained`` reads (BasicSR,
+                original-ESRGAN or ``RRDB_trunk`` checkpoints, folders, Hub ids).
+            encoder: ``"learned"`` (freshly initialised, to be pretrained) or ``"bicubic"``.
+            revision: Hub revision when ``decoder`` is a repo id.
+            local_files_only: Use the Hub cache only.
+            token: Hub token.
+
+        Returns:
+            An AE whose decoder holds the generator's weights; the learned encoder still needs
+            pretraining (``python -m aesop_loss.pretrain --decoder-init ...``).
+
+        Examples:
+            >>> gen = RRDBNet(num_feat=16, num_block=1, num_grow_ch=8, scale=4)
+            >>> ae = AutoEncoder.from_decoder(gen)
+            >>> ae.config["num_feat"], ae.config["scale"]
+            (16, 4)
+        """
+        if not isinstance(decoder, RRDBNet):
+            decoder = RRDBNet.from_pretrained(
+                decoder, revision=revision, local_files_only=local_files_only, token=token
+            )
+        if decoder.num_in_ch != decoder.num_out_ch:
+            raise ValueError(
+                f"decoder maps {decoder.num_in_ch} to {decoder.num_out_ch} channels; an AE decoder "
+                "must keep the channel count (its input is the 3-channel bottleneck)."
+            )
+        ae = cls(
+            num_in_ch=decoder.num_in_ch,
+            num_feat=decoder.num_feat,
+            num_block=decoder.num_block,
+            num_grow_ch=decoder.num_grow_ch,
+            scale=decoder.scale,
+            encoder=encoder,
+        )
+        ae.decoder.load_state_dict(decoder.state_dict())
+        ae.is_pretrained = False  # the encoder is untrained
+        return ae
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Squeeze an HR image ``(N, C, H, W)`` to its bottleneck ``(N, C, H/s, W/s)``."""
+        return self.encoder(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Reconstruct an HR image from a bottleneck with the PSNR-oriented decoder."""
+        return self.decoder(z)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decoder(self.encoder(x))
+
+
+def _mark_pretrained(module: nn.Module, incompatible_keys: Any) -> None:
+    clean = not incompatible_keys.missing_keys and not incompatible_keys.unexpected_keys
+    if clean and isinstance(module, AutoEncoder):
+        module.is_pretrained = True

@@ -1,0 +1,356 @@
+"""Reading checkpoints safely and canonicalising their layouts.
+
+Every layout in circulation is mapped onto this package's parameter names, and the architecture's
+hyperparameters are inferred from tensor shapes (the approach spandrel popularised), so a user never
+has to say how wide or deep the network in a file is:
+
+- the authors' AESOP autoencoder (``{"params_ema": sd}``, with its encoder registered twice);
+- BasicSR ``RRDBNet`` (``conv_first``, ``body.N.rdbK.convM``, ``conv_body``, ``conv_up1`` ...);
+- the original ESRGAN release (``model.0``, ``model.1.sub.N.RDBk.convM.0``, ``model.3`` ...);
+- the ESRGAN repository's later layout (``RRDB_trunk``, ``trunk_conv``, ``upconv1``, ``HRconv``).
+
+``.pth`` files are read with ``torch.load(..., weights_only=True)`` only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+__all__ = [
+    "CheckpointError",
+    "canonicalize_autoencoder",
+    "canonicalize_rrdbnet",
+    "load_state_dict_strict",
+    "read_state_dict",
+]
+
+logger = logging.getLogger(__name__)
+
+StateDict = dict[str, Tensor]
+
+# Keys under which training frameworks nest the weights; the first present wins (EMA first).
+_WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model_state_dict", "generator", "model")
+# Prefixes added by DataParallel / DDP and by torch.compile.
+_STRIPPED_PREFIXES = ("module.", "_orig_mod.")
+# The reference AE registers its encoder parts twice: these top-level names alias encoder.N.
+_REFERENCE_ENCODER_ALIASES = {"conv_first.": "encoder.0.", "body.": "encoder.2.", "conv_last.": "encoder.3."}
+_SCALE_FOR_UNSHUFFLED_CHANNELS = {1: 4, 4: 2, 16: 1}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, unsafe, or does not fit the architecture."""
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> StateDict:
+    """Read a flat ``{name: tensor}`` dict from a ``.safetensors`` or ``.pth`` file.
+
+    Wrapped checkpoints (``params_ema``, ``params``, ``state_dict`` ...) are unwrapped, preferring
+    EMA weights, and ``module.`` / ``_orig_mod.`` prefixes are removed.
+
+    Args:
+        path: The checkpoint file.
+
+    Returns:
+        The state dict, on CPU.
+
+    Raises:
+        CheckpointError: The file is missing, truncated or corrupted, holds arbitrary pickled
+            objects, or holds no tensors.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     torch.save({"params_ema": {"module.w": torch.ones(2)}}, f"{d}/x.pth")
+        ...     list(read_state_dict(f"{d}/x.pth"))
+        ['w']
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file.")
+    if path.suffix == ".safetensors":
+        try:
+            obj: Any = load_file(path)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(
+                f"{path}: not a readable safetensors file ({exc}); it may be truncated or "
+                "corrupted, so download or write it again."
+            ) from exc
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+            if found is None:
+                raise CheckpointError(
+                    f"{path}: not a readable PyTorch checkpoint (the pickle stream is invalid); it "
+                    "may be truncated or corrupted, so download it again."
+                ) from exc
+            raise CheckpointError(
+                f"{path}: holds pickled Python objects ({found.group(1)}), not only tensors, so it "
+                "is refused (loading is weights_only=True). Re-save just the state dict "
+                "(torch.save({'params_ema': model.state_dict()}, ...))."
+            ) from exc
+        except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+            raise CheckpointError(
+                f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); it may be truncated or "
+                "corrupted, so download it again."
+            ) from exc
+    return _unwrap(obj, path)
+
+
+def _unwrap(obj: Any, source: Path) -> StateDict:
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{source}: expected a dict of tensors, found {type(obj).__name__}.")
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj.get(key), Mapping):
+            logger.debug("%s: using the weights under %r", source, key)
+            obj = obj[key]
+            break
+    state: StateDict = {}
+    for name, value in obj.items():
+        if not isinstance(value, Tensor):
+            raise CheckpointError(
+                f"{source}: entry {name!r} is a {type(value).__name__}, not a tensor; expected a "
+                f"state dict (optionally under one of {', '.join(_WRAPPER_KEYS)})."
+            )
+        for prefix in _STRIPPED_PREFIXES:
+            if name.startswith(prefix):
+                name = name[len(prefix) :]
+        state[name] = value
+    if not state:
+        raise CheckpointError(f"{source}: the checkpoint holds no tensors.")
+    return state
+
+
+def _infer_rrdbnet_config(sd: Mapping[str, Tensor], source: str) -> dict[str, Any]:
+    try:
+        first, last = sd["conv_first.weight"], sd["conv_last.weight"]
+    except KeyError as exc:
+        raise CheckpointError(f"{source}: no {exc.args[0]!r}; not an RRDBNet checkpoint.") from None
+    num_out_ch = int(last.shape[0])
+    unshuffled = int(first.shape[1])
+    ratio, rest = divmod(unshuffled, num_out_ch)
+    if rest or ratio not in _SCALE_FOR_UNSHUFFLED_CHANNELS:
+        raise CheckpointError(
+            f"{source}: conv_first takes {unshuffled} channels and conv_last gives {num_out_ch}; "
+            "expected a ratio of 1 (x4), 4 (x2) or 16 (x1)."
+        )
+    blocks = {int(m.group(1)) for k in sd if (m := re.match(r"body\.(\d+)\.", k))}
+    num_block = len(blocks)
+    grow = sd.get("body.0.rdb1.conv1.weight")
+    return {
+        "num_in_ch": num_out_ch,
+        "num_out_ch": num_out_ch,
+        "num_feat": int(first.shape[0]),
+        "num_block": num_block,
+        "num_grow_ch": int(grow.shape[0]) if grow is not None else 32,
+        "scale": _SCALE_FOR_UNSHUFFLED_CHANNELS[ratio],
+    }
+
+
+def _from_original_esrgan(sd: Mapping[str, Tensor], source: str) -> StateDict:
+    out: StateDict = {}
+    trunk: StateDict = {}
+    tail: dict[int, dict[str, Tensor]] = {}
+    for key, value in sd.items():
+        if m := re.fullmatch(r"model\.1\.sub\.(\d+)\.RDB(\d)\.conv(\d)\.0\.(weight|bias)", key):
+            block, rdb, conv, kind = m.groups()
+            out[f"body.{block}.rdb{rdb}.conv{conv}.{kind}"] = value
+        elif m := re.fullmatch(r"model\.1\.sub\.\d+\.(weight|bias)", key):
+            trunk[m.group(1)] = value
+        elif m := re.fullmatch(r"model\.(\d+)\.(weight|bias)", key):
+            tail.setdefault(int(m.group(1)), {})[m.group(2)] = value
+        else:
+            raise CheckpointError(f"{source}: unexpected key {key!r} in an ESRGAN 'model.N' layout.")
+    if 0 not in tail or len(trunk) != 2:
+        raise CheckpointError(f"{source}: incomplete ESRGAN 'model.N' layout (no model.0 or trunk conv).")
+    after_trunk = sorted(i for i in tail if i >= 2)
+    if len(after_trunk) != 4:
+        raise CheckpointError(
+            f"{source}: this ESRGAN checkpoint has {len(after_trunk) - 2} upsampling convs; only the "
+            "two-stage (x4 trunk) design is supported."
+        )
+    names = ("conv_up1", "conv_up2", "conv_hr", "conv_last")
+    for name, index in zip(("conv_first", *names), (0, *after_trunk), strict=True):
+        for kind, value in tail[index].items():
+            out[f"{name}.{kind}"] = value
+    for kind, value in trunk.items():
+        out[f"conv_body.{kind}"] = value
+    return out
+
+
+_TRUNK_LAYOUT_RENAMES = (
+    (re.compile(r"^RRDB_trunk\.(\d+)\.RDB(\d)\."), r"body.\1.rdb\2."),
+    (re.compile(r"^trunk_conv\."), "conv_body."),
+    (re.compile(r"^upconv1\."), "conv_up1."),
+    (re.compile(r"^upconv2\."), "conv_up2."),
+    (re.compile(r"^HRconv\."), "conv_hr."),
+)
+
+
+def _from_trunk_layout(sd: Mapping[str, Tensor]) -> StateDict:
+    out: StateDict = {}
+    for key, value in sd.items():
+        for pattern, repl in _TRUNK_LAYOUT_RENAMES:
+            key = pattern.sub(repl, key)
+        out[key] = value
+    return out
+
+
+def canonicalize_rrdbnet(
+    sd: Mapping[str, Tensor], *, source: str = "checkpoint"
+) -> tuple[StateDict, dict[str, Any]]:
+    """Map an ESRGAN-family generator state dict onto ``RRDBNet``'s names and infer its config.
+
+    Args:
+        sd: A flat state dict in BasicSR, original-ESRGAN or ``RRDB_trunk`` layout.
+        source: Name of the file, for error messages.
+
+    Returns:
+        The state dict in BasicSR layout and the ``RRDBNet`` constructor arguments.
+
+    Raises:
+        CheckpointError: The layout is not recognised.
+
+    Examples:
+        >>> from aesop_loss import RRDBNet
+        >>> net = RRDBNet(num_feat=8, num_block=2, num_grow_ch=4, scale=2)
+        >>> canonicalize_rrdbnet(net.state_dict())[1] == net.config
+        True
+    """
+    if "model.0.weight" in sd:
+        sd = _from_original_esrgan(sd, source)
+    elif "trunk_conv.weight" in sd or any(k.startswith("RRDB_trunk.") for k in sd):
+        sd = _from_trunk_layout(sd)
+    elif any(k.startswith("decoder.") for k in sd):
+        raise CheckpointError(
+            f"{source}: this is an autoencoder checkpoint (it has 'decoder.*' keys); load it with "
+            "AutoEncoder.from_pretrained."
+        )
+    elif "conv_first.weight" not in sd:
+        raise CheckpointError(
+            f"{source}: not an ESRGAN-family generator; expected BasicSR keys (conv_first, body.N), "
+            f"'model.N' keys or 'RRDB_trunk' keys, found e.g. {sorted(sd)[:3]}."
+        )
+    return dict(sd), _infer_rrdbnet_config(sd, source)
+
+
+def canonicalize_autoencoder(
+    sd: Mapping[str, Tensor], *, source: str = "checkpoint"
+) -> tuple[StateDict, dict[str, Any]]:
+    """Map a reference AESOP autoencoder state dict onto ``AutoEncoder``'s names and infer its config.
+
+    The reference registers its encoder twice (``conv_first`` / ``body`` / ``conv_last`` are the
+    same tensors as ``encoder.0`` / ``encoder.2`` / ``encoder.3``); the aliases are checked to be
+    equal and dropped. A checkpoint without ``encoder.*`` keys is the reference's bicubic-encoder
+    ablation, whose unused ``conv_first`` / ``body`` / ``conv_last`` weights are dropped.
+
+    Args:
+        sd: A flat state dict of the reference AE or of this package's ``AutoEncoder``.
+        source: Name of the file, for error messages.
+
+    Returns:
+        The de-duplicated state dict and the ``AutoEncoder`` constructor arguments.
+
+    Raises:
+        CheckpointError: Not an autoencoder, or its aliased tensors disagree.
+
+    Examples:
+        >>> from aesop_loss import AutoEncoder
+        >>> ae = AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8)
+        >>> canonicalize_autoencoder(ae.state_dict())[1] == ae.config
+        True
+    """
+    decoder = {k[len("decoder.") :]: v for k, v in sd.items() if k.startswith("decoder.")}
+    if not decoder:
+        hint = (
+            " It looks like an RRDBNet generator: load it with RRDBNet.from_pretrained, or build an "
+            "AE around it with AutoEncoder.from_decoder."
+            if "conv_first.weight" in sd or "model.0.weight" in sd
+            else ""
+        )
+        raise CheckpointError(f"{source}: not an AESOP autoencoder checkpoint (no 'decoder.*' keys).{hint}")
+    has_encoder = any(k.startswith("encoder.") for k in sd)
+    out: StateDict = {}
+    dropped = 0
+    for key, value in sd.items():
+        alias = next((a for a in _REFERENCE_ENCODER_ALIASES if key.startswith(a)), None)
+        if alias is None:
+            out[key] = value
+            continue
+        dropped += 1
+        if has_encoder:
+            twin = _REFERENCE_ENCODER_ALIASES[alias] + key[len(alias) :]
+            if twin not in sd:
+                raise CheckpointError(f"{source}: {key!r} has no counterpart {twin!r}.")
+            if not torch.equal(sd[twin], value):
+                raise CheckpointError(
+                    f"{source}: {key!r} and {twin!r} must hold the same tensor in a reference AE "
+                    "checkpoint, but they differ; the file is inconsistent."
+                )
+    if dropped and not has_encoder:
+        logger.info("%s: bicubic-encoder AE; dropped %d unused encoder tensors", source, dropped)
+    cfg = _infer_rrdbnet_config(decoder, f"{source} (decoder)")
+    if cfg["scale"] not in (2, 4):
+        raise CheckpointError(f"{source}: decoder scale {cfg['scale']} is not an AE scale (4 or 2).")
+    config = {
+        "num_in_ch": cfg["num_out_ch"],
+        "num_feat": cfg["num_feat"],
+        "num_block": cfg["num_block"],
+        "num_grow_ch": cfg["num_grow_ch"],
+        "scale": cfg["scale"],
+        "encoder": "learned" if has_encoder else "bicubic",
+    }
+    return out, config
+
+
+def _listing(names: list[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return f"{shown} (+{len(names) - limit} more)" if len(names) > limit else shown
+
+
+def load_state_dict_strict(model: nn.Module, sd: Mapping[str, Tensor], *, source: str) -> None:
+    """Load ``sd`` into ``model`` with ``strict=True``, failing with a message that names every problem.
+
+    Args:
+        model: The module to fill.
+        sd: State dict whose keys and shapes must match ``model``'s exactly.
+        source: Name of the file, for the error message.
+
+    Raises:
+        CheckpointError: Missing keys, unexpected keys, or shape mismatches, each listed by name.
+    """
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    mismatched = [
+        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in sd and sd[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_listing(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {_listing(mismatched)}")
+    if problems:
+        config = getattr(model, "config", {})
+        raise CheckpointError(
+            f"{source}: weights do not fit {type(model).__name__}({config}): " + "; ".join(problems)
+        )
+    model.load_state_dict(sd, strict=True)

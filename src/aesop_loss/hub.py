@@ -1,0 +1,397 @@
+"""Loading and sharing models: Hub repos, local folders, single files, and reference checkpoints.
+
+A model folder is what timm and diffusers users expect: ``config.json`` (the constructor arguments,
+generated from the module) + ``model.safetensors`` + a model card ``README.md``. Downloads go
+through ``huggingface_hub.hf_hub_download``, so its cache, ``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` and
+tokens all behave as usual; nothing is downloaded at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import logging
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import torch
+from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from safetensors.torch import save_file
+
+from . import __version__
+from ._io import atomic_path, atomic_write_text
+from .checkpoints import (
+    CheckpointError,
+    canonicalize_autoencoder,
+    canonicalize_rrdbnet,
+    load_state_dict_strict,
+    read_state_dict,
+)
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = [
+    "CONFIG_NAME",
+    "DEMO_AE_DIR",
+    "WEIGHTS_NAME",
+    "ModelCardInfo",
+    "load_model",
+    "push_folder_to_hub",
+    "save_model",
+]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+DEMO_AE_DIR = Path(__file__).parent / "pretrained" / "demo"
+_FILE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_CARD_METADATA_KEYS = ("architecture", "aesop_loss_version")
+
+M = TypeVar("M", bound="nn.Module")
+
+CITATION = """@inproceedings{lee2025aesop,
+  title     = {Auto-Encoded Supervision for Perceptual Image Super-Resolution},
+  author    = {Lee, MinKyu and Hyun, Sangeek and Jun, Woojin and Heo, Jae-Pil},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2025}
+}"""
+
+
+@dataclasses.dataclass
+class ModelCardInfo:
+    """Facts for a model card; every field is optional and only known facts are written.
+
+    Args:
+        description: One paragraph on what the model is for.
+        training_data: Data the weights were trained on, e.g. ``"DF2K (DIV2K + Flickr2K)"``.
+        training_steps: Optimisation steps.
+        command: The exact command that produced the weights.
+        source_checkpoint: File the weights were converted from.
+        source_sha256: SHA-256 of that file.
+        license: SPDX-like license id of the weights (``"other"`` when unknown).
+        metrics: Validation numbers, e.g. ``{"psnr_ae_hr": 33.1}``.
+        warning: A caveat shown at the top of the card.
+    """
+
+    description: str | None = None
+    training_data: str | None = None
+    training_steps: int | None = None
+    command: str | None = None
+    source_checkpoint: str | None = None
+    source_sha256: str | None = None
+    license: str = "other"
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    warning: str | None = None
+
+
+def _model_config(model: nn.Module) -> dict[str, Any]:
+    config = getattr(model, "config", None)
+    if not isinstance(config, dict):
+        raise TypeError(f"{type(model).__name__} has no 'config' property; cannot save it.")
+    return {"architecture": type(model).__name__, **config, "aesop_loss_version": __version__}
+
+
+def _render_card(model: nn.Module, info: ModelCardInfo) -> str:
+    config = _model_config(model)
+    arch = config["architecture"]
+    n_params = sum(p.numel() for p in model.parameters())
+    lines = [
+        "---",
+        "library_name: aesop-loss",
+        f"license: {info.license}",
+        "tags:",
+        "- super-resolution",
+        "- aesop",
+        f"- {arch.lower()}",
+        "---",
+        "",
+        f"# {arch} ({'x' + str(config['scale'])})",
+        "",
+    ]
+    if info.warning:
+        lines += [f"> **Warning:** {info.warning}", ""]
+    lines += [
+        info.description
+        or (
+            "Frozen autoencoder for the AESOP loss (Lee et al., CVPR 2025): a learned encoder to a "
+            "3-channel LR-sized bottleneck and a PSNR-oriented RRDBNet decoder."
+            if arch == "AutoEncoder"
+            else "ESRGAN-family RRDBNet generator in BasicSR layout."
+        ),
+        "",
+        "```python",
+        "from aesop_loss import AESOPLoss, " + arch,
+        f"model = {arch}.from_pretrained(REPO_ID_OR_FOLDER)",
+        "```",
+        "",
+        "## Architecture",
+        "",
+        "| field | value |",
+        "| --- | --- |",
+    ]
+    lines += [f"| {k} | {v} |" for k, v in config.items() if k not in _CARD_METADATA_KEYS]
+    lines += [f"| parameters | {n_params:,} ({n_params / 1e6:.2f} M) |", ""]
+    facts = [
+        ("Training data", info.training_data),
+        ("Training steps", f"{info.training_steps:,}" if info.training_steps is not None else None),
+        ("Converted from", info.source_checkpoint),
+        ("Source sha256", f"`{info.source_sha256}`" if info.source_sha256 else None),
+        ("License", info.license),
+    ]
+    lines += ["## Provenance", ""] + [f"- {k}: {v}" for k, v in facts if v is not None] + [""]
+    if info.command:
+        lines += ["Produced with:", "", "```bash", info.command, "```", ""]
+    if info.metrics:
+        lines += ["## Validation", "", "| metric | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in info.metrics.items()] + [""]
+    lines += ["## Citation", "", "```bibtex", CITATION, "```", ""]
+    return "\n".join(lines)
+
+
+def save_model(model: nn.Module, save_directory: str | os.PathLike[str], **card: Any) -> Path:
+    """Write a model folder: ``config.json``, ``model.safetensors`` and ``README.md``, each atomically.
+
+    Args:
+        model: An ``AutoEncoder`` or ``RRDBNet``.
+        save_directory: Folder to create or update.
+        **card: ``ModelCardInfo`` fields.
+
+    Returns:
+        The folder.
+
+    Examples:
+        >>> import tempfile
+        >>> from aesop_loss import RRDBNet
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     sorted(p.name for p in save_model(RRDBNet(num_feat=8, num_block=1), d).iterdir())
+        ['README.md', 'config.json', 'model.safetensors']
+    """
+    info = ModelCardInfo(**card)
+    folder = Path(save_directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(folder / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    atomic_write_text(folder / CONFIG_NAME, json.dumps(_model_config(model), indent=2) + "\n")
+    atomic_write_text(folder / CARD_NAME, _render_card(model, info))
+    return folder
+
+
+def push_folder_to_hub(
+    folder: str | os.PathLike[str],
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str = "Upload with aesop-loss",
+) -> str:
+    """Create ``repo_id`` if needed and upload a model folder to it.
+
+    Args:
+        folder: A folder written by ``save_model``.
+        repo_id: ``org/name`` on the Hub.
+        token: Hub token (default: the logged-in one).
+        private: Create the repo private.
+        commit_message: Commit message.
+
+    Returns:
+        The URL of the commit.
+    """
+    folder = Path(folder)
+    if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
+        raise CheckpointError(f"{folder}: not a model folder (needs {CONFIG_NAME} and {WEIGHTS_NAME}).")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    info = api.upload_folder(
+        folder_path=str(folder),
+        repo_id=repo_id,
+        commit_message=commit_message,
+        allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
+    )
+    return str(getattr(info, "commit_url", info))
+
+
+def push_model_to_hub(
+    model: nn.Module, repo_id: str, *, token: str | None = None, private: bool | None = None, **card: Any
+) -> str:
+    """Save ``model`` to a temporary folder and upload it (see ``push_folder_to_hub``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model(model, tmp, **card)
+        return push_folder_to_hub(tmp, repo_id, token=token, private=private)
+
+
+def _canonicalize(
+    cls: type, sd: dict[str, torch.Tensor], source: str
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from .archs import AutoEncoder, RRDBNet
+
+    if issubclass(cls, AutoEncoder):
+        return canonicalize_autoencoder(sd, source=source)
+    if issubclass(cls, RRDBNet):
+        return canonicalize_rrdbnet(sd, source=source)
+    raise TypeError(f"cannot load {cls.__name__} checkpoints")
+
+
+def _load_file(cls: type[M], path: Path) -> M:
+    sd, config = _canonicalize(cls, read_state_dict(path), str(path))
+    model = cls(**config)
+    load_state_dict_strict(model, sd, source=str(path))
+    return model
+
+
+def _load_folder(cls: type[M], folder: Path, *, label: str | None = None) -> M:
+    label = label or str(folder)
+    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    if not config_path.is_file():
+        raise CheckpointError(
+            f"{label}: no {CONFIG_NAME}; a model folder holds {CONFIG_NAME} + {WEIGHTS_NAME} (as "
+            "written by save_pretrained). For a single weights file, pass the file itself."
+        )
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{config_path}: not valid JSON ({exc}).") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path}: expected a JSON object, found {type(config).__name__}.")
+    arch = config.get("architecture", cls.__name__)
+    if arch != cls.__name__:
+        raise CheckpointError(f"{config_path}: holds a {arch}; load it with {arch}.from_pretrained.")
+    params = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    kwargs = {k: v for k, v in config.items() if k not in _CARD_METADATA_KEYS}
+    unknown = sorted(set(kwargs) - params)
+    if unknown:
+        raise CheckpointError(
+            f"{config_path}: unknown {cls.__name__} settings {unknown}; expected some of {sorted(params)}."
+        )
+    try:
+        model = cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{config_path}: invalid configuration: {exc}") from exc
+    load_state_dict_strict(
+        model, read_state_dict(weights_path), source=f"{weights_path} (with {CONFIG_NAME})"
+    )
+    return model
+
+
+def _split_revision(src: str, revision: str | None) -> tuple[str, str | None]:
+    if "@" not in src:
+        return src, revision
+    repo_id, _, pinned = src.partition("@")
+    if revision is not None and revision != pinned:
+        raise ValueError(f"{src!r} pins revision {pinned!r} but revision={revision!r} was also given.")
+    return repo_id, pinned
+
+
+def _download(
+    repo_id: str, filename: str, *, revision: str | None, local_files_only: bool, token: str | bool | None
+) -> Path:
+    where = f"{repo_id}" + (f"@{revision}" if revision else "")
+    try:
+        return Path(
+            hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                local_files_only=local_files_only,
+                token=token,
+                library_name="aesop-loss",
+                library_version=__version__,
+            )
+        )
+    except LocalEntryNotFoundError as exc:
+        raise CheckpointError(
+            f"{where}: {filename} is not in the local Hugging Face cache and the Hub cannot be reached "
+            "(offline: HF_HUB_OFFLINE=1, local_files_only=True, or no network). Run once online to "
+            "fill the cache, or pass a local folder."
+        ) from exc
+    except GatedRepoError as exc:
+        raise CheckpointError(f"{where}: gated repo; accept its terms on the Hub and pass token=...") from exc
+    except RepositoryNotFoundError as exc:
+        raise CheckpointError(
+            f"{where}: no such repo on the Hub (if it is private, log in or pass token=...), and no "
+            "local folder or file of that name."
+        ) from exc
+    except RevisionNotFoundError as exc:
+        raise CheckpointError(f"{where}: revision {revision!r} does not exist.") from exc
+    except EntryNotFoundError as exc:
+        raise CheckpointError(
+            f"{where}: the repo has no {filename}; is it an aesop-loss model repo?"
+        ) from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise CheckpointError(f"{where}: could not download {filename}: {exc}") from exc
+
+
+def load_model(
+    cls: type[M],
+    src: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    device: str | torch.device | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+) -> M:
+    """Resolve ``src`` to weights and build ``cls`` from them (see ``AutoEncoder.from_pretrained``).
+
+    Raises:
+        CheckpointError: Nothing found at ``src``, or what was found does not fit ``cls``.
+    """
+    text = os.fspath(src)
+    path = Path(text).expanduser()
+    if text == "demo" and not path.exists():
+        if cls.__name__ != "AutoEncoder":
+            raise CheckpointError(
+                "'demo' names the bundled demo autoencoder; use AutoEncoder.from_pretrained."
+            )
+        if not DEMO_AE_DIR.is_dir():
+            raise CheckpointError(
+                f"the demo AE is missing from this installation ({DEMO_AE_DIR}); reinstall aesop-loss."
+            )
+        warnings.warn(
+            "Loaded the bundled demo AE, trained on a handful of sample images: fine for examples "
+            "and tests, not for research results. Use the paper's AE (convert the authors' "
+            "checkpoint with 'python -m aesop_loss.convert') or one pretrained on DIV2K/DF2K.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return _finish(_load_folder(cls, DEMO_AE_DIR, label="demo AE"), device)
+    if path.is_dir():
+        return _finish(_load_folder(cls, path), device)
+    if path.is_file():
+        return _finish(_load_file(cls, path), device)
+    if text.endswith(_FILE_SUFFIXES) or text.startswith((".", "/", "~")):
+        raise CheckpointError(f"{text}: no such file or folder.")
+    repo_id, rev = _split_revision(text, revision)
+    if not _REPO_ID.match(repo_id):
+        raise CheckpointError(
+            f"{text!r} is neither an existing file or folder nor a Hub repo id ('org/name[@revision]')."
+        )
+    config_path = _download(
+        repo_id, CONFIG_NAME, revision=rev, local_files_only=local_files_only, token=token
+    )
+    _download(repo_id, WEIGHTS_NAME, revision=rev, local_files_only=local_files_only, token=token)
+    label = repo_id + (f"@{rev}" if rev else "")
+    return _finish(_load_folder(cls, config_path.parent, label=label), device)
+
+
+def _finish(model: M, device: str | torch.device | None) -> M:
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model

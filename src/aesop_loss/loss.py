@@ -1,0 +1,281 @@
+"""``AESOPLoss``: pixel loss measured after a frozen, pretrained autoencoder.
+
+``L_AESOP = criterion(AE(sr), AE(hr))`` (Lee et al., CVPR 2025). The AE's decoder is a PSNR-oriented
+SR network, so ``AE(x)`` is the best-fidelity reconstruction of ``x``'s low-resolution content: the
+loss penalises the fidelity bias of an SR output but not the plausible high-frequency detail that
+the LR image cannot determine, which a plain L1 loss blurs away.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from .archs import AutoEncoder
+
+__all__ = ["AESOPLoss", "Criterion", "Reduction", "Space"]
+
+Criterion = Literal["l1", "l2", "charbonnier"]
+Reduction = Literal["mean", "sum", "none"]
+Space = Literal["ae", "bottleneck"]
+
+# Opt-in value checks: an SR output may overshoot [0, 1] a little; these bounds catch [0, 255]
+# and [-1, 1] images, the usual mistakes.
+_RANGE_LOW, _RANGE_HIGH = -0.5, 1.5
+
+
+def _distance(criterion: Criterion, eps: float) -> Callable[[Tensor, Tensor], Tensor]:
+    if criterion == "l1":
+        return lambda a, b: (a - b).abs()
+    if criterion == "l2":
+        return lambda a, b: (a - b).square()
+    return lambda a, b: ((a - b).square() + eps).sqrt()
+
+
+def _weighted_reduce(loss: Tensor, weight: Tensor | None, reduction: Reduction) -> Tensor:
+    """BasicSR's convention: a weighted mean divides by the weight's sum (over all channels)."""
+    if weight is not None:
+        loss = loss * weight
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    if weight is None:
+        return loss.mean()
+    denom = weight.sum() if weight.size(1) > 1 else weight.sum() * loss.size(1)
+    return loss.sum() / denom
+
+
+class AESOPLoss(nn.Module):
+    """The AESOP loss: a drop-in replacement for ``nn.L1Loss`` / BasicSR's ``L1Loss`` in SR training.
+
+    The HR branch runs without autograd; gradients flow to ``sr`` only, never into the AE, which is
+    frozen (``requires_grad_(False)``) and stays in eval mode when a parent module calls
+    ``.train()``. Moving a parent module (``.to``, ``.cuda``) moves the AE, and the AE's weights are
+    left out of a parent's ``state_dict`` (saving a model that holds the loss does not write the AE;
+    loading such a state dict back works with ``strict=True``).
+
+    Args:
+        ae: The pretrained autoencoder, or anything ``AutoEncoder.from_pretrained`` reads (Hub id,
+            folder, ``.safetensors``, the authors' ``.pth``, ``"demo"``).
+        criterion: Distance in AE space: ``"l1"`` (the paper), ``"l2"`` or ``"charbonnier"``.
+        loss_weight: Multiplies the result (BasicSR's ``loss_weight``, applied inside).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (the element-wise map).
+        space: ``"ae"`` (the paper: distance of decoder outputs) or ``"bottleneck"`` (the
+            reference's ablation: distance of the encoder's LR-sized bottlenecks).
+        as_loss_map: The reference's other ablation: use ``|AE(sr) - AE(hr)|`` as the element-wise
+            weight of the pixel distance ``criterion(sr, hr)`` (gradient flows through the map, as
+            in the reference code).
+        eps: Charbonnier's epsilon.
+        check_values: Also reject NaN/Inf inputs and values far outside [0, 1]. Off by default
+            because the checks synchronise with the GPU on every call.
+
+    Examples:
+        >>> import torch
+        >>> from aesop_loss import AESOPLoss, AutoEncoder
+        >>> ae = AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8, scale=4)
+        >>> ae.is_pretrained = True  # stands in for AutoEncoder.from_pretrained(...) here
+        >>> criterion = AESOPLoss(ae)  # was: criterion = nn.L1Loss()
+        >>> sr = torch.rand(2, 3, 32, 32, requires_grad=True)
+        >>> hr = torch.rand(2, 3, 32, 32)
+        >>> loss = criterion(sr, hr)
+        >>> loss.backward()
+        >>> loss.shape, sr.grad.shape
+        (torch.Size([]), torch.Size([2, 3, 32, 32]))
+        >>> float(criterion(hr, hr))
+        0.0
+    """
+
+    def __init__(
+        self,
+        ae: AutoEncoder | str | os.PathLike[str],
+        *,
+        criterion: Criterion = "l1",
+        loss_weight: float = 1.0,
+        reduction: Reduction = "mean",
+        space: Space = "ae",
+        as_loss_map: bool = False,
+        eps: float = 1e-12,
+        check_values: bool = False,
+    ) -> None:
+        super().__init__()
+        if criterion not in ("l1", "l2", "charbonnier"):
+            raise ValueError(f"criterion must be 'l1', 'l2' or 'charbonnier', got {criterion!r}.")
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
+        if space not in ("ae", "bottleneck"):
+            raise ValueError(f"space must be 'ae' or 'bottleneck', got {space!r}.")
+        if as_loss_map and space == "bottleneck":
+            raise ValueError("as_loss_map weights the pixel loss by the AE-space error; use space='ae'.")
+        if isinstance(ae, (str, os.PathLike)):
+            ae = AutoEncoder.from_pretrained(ae)
+        if not isinstance(ae, AutoEncoder):
+            raise TypeError(f"ae must be an AutoEncoder or a path / Hub id, got {type(ae).__name__}.")
+        if not ae.is_pretrained:
+            warnings.warn(
+                "AESOPLoss got an AutoEncoder that was never loaded or trained: the loss is "
+                "meaningless without a pretrained AE. Use AutoEncoder.from_pretrained(...) or "
+                "'python -m aesop_loss.pretrain'.",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.ae = ae.requires_grad_(False).eval()
+        self.criterion = criterion
+        self.loss_weight = float(loss_weight)
+        self.reduction: Reduction = reduction
+        self.space: Space = space
+        self.as_loss_map = as_loss_map
+        self.eps = eps
+        self.check_values = check_values
+        self._distance = _distance(criterion, eps)
+        self.register_state_dict_post_hook(_drop_ae_from_state_dict)
+        self.register_load_state_dict_pre_hook(_keep_ae_on_load)
+
+    def extra_repr(self) -> str:
+        return (
+            f"criterion={self.criterion!r}, loss_weight={self.loss_weight}, "
+            f"reduction={self.reduction!r}, space={self.space!r}, as_loss_map={self.as_loss_map}"
+        )
+
+    def train(self, mode: bool = True) -> AESOPLoss:
+        super().train(mode)
+        self.ae.eval()  # frozen: BatchNorm-free today, but eval semantics must hold regardless
+        return self
+
+    @property
+    def scale(self) -> int:
+        """The AE's scale: ``sr`` and ``hr`` heights and widths must be multiples of it."""
+        return self.ae.scale
+
+    def _embed(self, x: Tensor) -> Tensor:
+        return self.ae.encode(x) if self.space == "bottleneck" else self.ae(x)
+
+    def forward(self, sr: Tensor, hr: Tensor, weight: Tensor | None = None) -> Tensor:
+        """Compute the loss.
+
+        Args:
+            sr: Super-resolved images ``(N, C, H, W)`` in [0, 1]; gradients flow to it.
+            hr: Ground truth of the same shape, device and dtype.
+            weight: Optional element-wise weight (BasicSR convention), broadcastable to the
+                distance map: ``(N, C or 1, H, W)``, or the bottleneck's size with
+                ``space="bottleneck"``. A weighted mean divides by the weight's sum.
+
+        Returns:
+            A scalar, or the weighted element-wise map for ``reduction="none"``, times
+            ``loss_weight``.
+        """
+        param = next(self.ae.parameters())
+        self._validate(sr, hr, param)
+        device_type = sr.device.type
+        if not torch.is_autocast_enabled(device_type) and sr.dtype != param.dtype:
+            sr, hr = sr.to(param.dtype), hr.to(param.dtype)
+        with torch.no_grad():
+            target = self._embed(hr.detach())
+        pred = self._embed(sr)
+        # Distances accumulate in at least fp32, also when the AE ran under autocast.
+        acc = torch.promote_types(pred.dtype, torch.float32)
+        if self.as_loss_map:
+            ae_map = (pred.to(acc) - target.to(acc)).abs()
+            weight = ae_map if weight is None else ae_map * weight
+            dist = self._distance(sr.to(acc), hr.to(acc))
+        else:
+            dist = self._distance(pred.to(acc), target.to(acc))
+        if weight is not None:
+            _check_weight(weight, dist)
+        return _weighted_reduce(dist, weight, self.reduction) * self.loss_weight
+
+    def _validate(self, sr: Tensor, hr: Tensor, param: Tensor) -> None:
+        for name, x in (("sr", sr), ("hr", hr)):
+            if not isinstance(x, Tensor):
+                raise TypeError(f"AESOPLoss: {name} must be a torch.Tensor, got {type(x).__name__}.")
+            if x.ndim != 4:
+                raise ValueError(
+                    f"AESOPLoss: {name} must be 4-D (batch, channels, height, width), got shape "
+                    f"{tuple(x.shape)}; add a batch dimension with x.unsqueeze(0)."
+                )
+            if not x.is_floating_point():
+                raise TypeError(
+                    f"AESOPLoss: {name} has dtype {x.dtype}; pass float images in [0, 1] "
+                    "(e.g. x.float() / 255)."
+                )
+            if x.shape[1] != self.ae.num_in_ch:
+                raise ValueError(
+                    f"AESOPLoss: {name} has {x.shape[1]} channels but the AE takes "
+                    f"{self.ae.num_in_ch} (RGB); convert the images (grayscale: "
+                    "x.expand(-1, 3, -1, -1))."
+                )
+        if sr.shape != hr.shape:
+            raise ValueError(f"AESOPLoss: sr and hr shapes differ: {tuple(sr.shape)} vs {tuple(hr.shape)}.")
+        if sr.device != hr.device:
+            raise ValueError(f"AESOPLoss: sr is on {sr.device} but hr is on {hr.device}.")
+        if sr.dtype != hr.dtype:
+            raise TypeError(
+                f"AESOPLoss: sr is {sr.dtype} but hr is {hr.dtype}; cast one to match (e.g. hr.to(sr.dtype))."
+            )
+        if sr.device != param.device:
+            raise ValueError(
+                f"AESOPLoss: inputs are on {sr.device} but the AE is on {param.device}; move the "
+                f"loss with criterion.to({str(sr.device)!r})."
+            )
+        h, w = sr.shape[-2:]
+        s = self.ae.scale
+        if h % s or w % s:
+            raise ValueError(
+                f"AESOPLoss: height and width must be multiples of the AE's scale {s}, got {h}x{w}; "
+                f"crop to {h // s * s}x{w // s * s} (x[..., :{h // s * s}, :{w // s * s}]) or use "
+                f"crops that are multiples of {s}."
+            )
+        if self.check_values:
+            for name, x in (("sr", sr), ("hr", hr)):
+                if not bool(torch.isfinite(x).all()):
+                    raise ValueError(f"AESOPLoss: {name} contains NaN or Inf values.")
+                lo, hi = float(x.min()), float(x.max())
+                if lo < _RANGE_LOW or hi > _RANGE_HIGH:
+                    raise ValueError(
+                        f"AESOPLoss: {name} values span [{lo:.3g}, {hi:.3g}], expected [0, 1]; "
+                        "scale [0, 255] images by 1/255 and [-1, 1] images by (x + 1) / 2."
+                    )
+
+
+def _check_weight(weight: Tensor, dist: Tensor) -> None:
+    if weight.ndim != 4 or weight.device != dist.device:
+        raise ValueError(
+            f"AESOPLoss: weight must be a 4-D tensor on {dist.device}, got shape "
+            f"{tuple(weight.shape)} on {weight.device}."
+        )
+    try:
+        torch.broadcast_shapes(weight.shape, dist.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"AESOPLoss: weight shape {tuple(weight.shape)} does not broadcast to the distance map "
+            f"{tuple(dist.shape)}."
+        ) from None
+
+
+def _drop_ae_from_state_dict(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any
+) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + "ae.")]:
+        del state_dict[key]
+
+
+def _keep_ae_on_load(
+    module: nn.Module,
+    state_dict: dict[str, Any],
+    prefix: str,
+    local_metadata: Any,
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
+    # The AE is fixed at construction: fill its entries with its own tensors so that state dicts
+    # saved without it load strictly, and any stale AE tensors in a state dict are ignored.
+    assert isinstance(module, AESOPLoss)
+    for key, value in module.ae.state_dict(keep_vars=True).items():
+        state_dict[f"{prefix}ae.{key}"] = value

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+FIXTURES = Path(__file__).parent / "fixtures"
+OFFICIAL = FIXTURES / "official"
+AE_CKPT = OFFICIAL / "official_rrdb_ae_small.pth"
+AE_GOLDEN = OFFICIAL / "official_rrdb_ae_small.golden.safetensors"
+RRDB_CKPT = OFFICIAL / "basicsr_rrdbnet_x4_small.pth"
+RRDB_GOLDEN = OFFICIAL / "basicsr_rrdbnet_x4_small.golden.safetensors"
+IMAGES = Path(__file__).parent / "data" / "images"
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request: pytest.FixtureRequest) -> torch.device:
+    return torch.device(request.param)
+
+
+@pytest.fixture
+def ae_golden() -> dict[str, torch.Tensor]:
+    return load_file(AE_GOLDEN)
+
+
+@pytest.fixture
+def rrdb_golden() -> dict[str, torch.Tensor]:
+    return load_file(RRDB_GOLDEN)
+
+
+@pytest.fixture
+def reference_ae():  # type: ignore[no-untyped-def]
+    from aesop_loss import AutoEncoder
+
+    return AutoEncoder.from_pretrained(AE_CKPT)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max abs difference relative to the reference's max magnitude."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))

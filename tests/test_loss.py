@@ -1,0 +1,262 @@
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from conftest import AE_CKPT, rel_err
+from torch import nn
+
+from aesop_loss import AESOPLoss, AutoEncoder
+
+
+def _pretrained_tiny(scale: int = 4, encoder: str = "learned") -> AutoEncoder:
+    ae = AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8, scale=scale, encoder=encoder)  # type: ignore[arg-type]
+    ae.is_pretrained = True
+    return ae
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2"])
+def test_parity_with_reference_loss_and_gradient(device, ae_golden, criterion):
+    loss_fn = AESOPLoss(AE_CKPT, criterion=criterion).to(device)
+    sr = ae_golden["sr"].to(device).requires_grad_()
+    loss = loss_fn(sr, ae_golden["gt"].to(device))
+    loss.backward()
+    assert rel_err(loss.reshape(1), ae_golden[f"loss_{criterion}"]) <= 1e-5
+    assert rel_err(sr.grad, ae_golden[f"grad_{criterion}"]) <= 1e-5
+
+
+def test_gradient_reaches_input_not_ae(reference_ae, ae_golden):
+    loss_fn = AESOPLoss(reference_ae)
+    sr = ae_golden["sr"].clone().requires_grad_()
+    loss_fn(sr, ae_golden["gt"]).backward()
+    assert sr.grad is not None
+    assert sr.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in loss_fn.ae.parameters())
+
+
+def test_hr_branch_has_no_graph(reference_ae, ae_golden):
+    loss_fn = AESOPLoss(reference_ae)
+    hr = ae_golden["gt"].clone().requires_grad_()
+    sr = ae_golden["sr"].clone().requires_grad_()
+    loss_fn(sr, hr).backward()
+    assert hr.grad is None
+
+
+class _Model(nn.Module):
+    def __init__(self, ae: AutoEncoder) -> None:
+        super().__init__()
+        self.net = nn.Conv2d(3, 3, 3, padding=1)
+        self.criterion = AESOPLoss(ae)
+
+
+def test_parent_train_keeps_ae_in_eval():
+    model = _Model(_pretrained_tiny())
+    model.train()
+    assert model.training
+    assert model.criterion.training
+    assert not model.criterion.ae.training
+    assert not any(m.training for m in model.criterion.ae.modules())
+
+
+def test_parent_state_dict_excludes_ae_and_loads_back_strictly():
+    model = _Model(_pretrained_tiny())
+    sd = model.state_dict()
+    assert sorted(sd) == ["net.bias", "net.weight"]
+    fresh = _Model(_pretrained_tiny())
+    before = {k: v.clone() for k, v in fresh.criterion.ae.state_dict().items()}
+    fresh.load_state_dict(sd, strict=True)
+    assert torch.equal(fresh.net.weight, model.net.weight)
+    assert all(torch.equal(before[k], v) for k, v in fresh.criterion.ae.state_dict().items())
+
+
+def test_moving_parent_moves_ae(device):
+    model = _Model(_pretrained_tiny()).to(device=device, dtype=torch.float64)
+    assert all(
+        p.device.type == device.type and p.dtype == torch.float64 for p in model.criterion.ae.parameters()
+    )
+    x = torch.rand(1, 3, 8, 8, device=device, dtype=torch.float64)
+    assert model.criterion(x, x).dtype == torch.float64
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2"])
+@pytest.mark.parametrize("space", ["ae", "bottleneck"])
+def test_identical_inputs_give_zero(criterion, space):
+    loss_fn = AESOPLoss(_pretrained_tiny(), criterion=criterion, space=space)
+    x = torch.rand(2, 3, 16, 16)
+    assert float(loss_fn(x, x.clone())) == 0.0
+
+
+def test_charbonnier_floor():
+    loss_fn = AESOPLoss(_pretrained_tiny(), criterion="charbonnier", eps=1e-6)
+    x = torch.rand(1, 3, 8, 8)
+    assert float(loss_fn(x, x)) == pytest.approx(1e-3, rel=1e-4)
+
+
+def test_untrained_ae_warns():
+    with pytest.warns(UserWarning, match="never loaded or trained"):
+        AESOPLoss(AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8))
+
+
+def test_pretrained_ae_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        AESOPLoss(AE_CKPT)
+
+
+def test_basicsr_weight_convention_and_loss_weight(reference_ae, ae_golden):
+    sr, hr = ae_golden["sr"], ae_golden["gt"]
+    with torch.no_grad():
+        dist = (reference_ae(sr) - reference_ae(hr)).abs()
+    w = torch.rand(2, 1, 48, 64)
+    loss = AESOPLoss(reference_ae, loss_weight=0.5)(sr, hr, weight=w)
+    expected = 0.5 * (dist * w).sum() / (w.sum() * 3)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    w3 = w.expand(-1, 3, -1, -1)
+    loss3 = AESOPLoss(reference_ae)(sr, hr, weight=w3)
+    assert float(loss3) == pytest.approx(float((dist * w3).sum() / w3.sum()), rel=1e-5)
+    total = AESOPLoss(reference_ae, reduction="sum", loss_weight=2.0)(sr, hr)
+    assert float(total) == pytest.approx(2.0 * float(dist.sum()), rel=1e-5)
+    emap = AESOPLoss(reference_ae, reduction="none")(sr, hr)
+    assert emap.shape == sr.shape
+    assert rel_err(emap, dist) <= 1e-6
+
+
+def test_bottleneck_space(reference_ae, ae_golden):
+    sr, hr = ae_golden["sr"], ae_golden["gt"]
+    loss = AESOPLoss(reference_ae, space="bottleneck")(sr, hr)
+    with torch.no_grad():
+        expected = (reference_ae.encode(sr) - ae_golden["gt_bottleneck"]).abs().mean()
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_loss_map_mode_matches_reference_formula(reference_ae, ae_golden):
+    sr, hr = ae_golden["sr"].clone().requires_grad_(), ae_golden["gt"]
+    loss = AESOPLoss(reference_ae, as_loss_map=True)(sr, hr)
+    sr2 = ae_golden["sr"].clone().requires_grad_()
+    amap = (reference_ae(sr2) - ae_golden["gt_ae"]).abs()
+    expected = ((sr2 - hr).abs() * amap).sum() / amap.sum()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    loss.backward()
+    expected.backward()
+    assert rel_err(sr.grad, sr2.grad) <= 1e-5
+
+
+def test_invalid_options():
+    ae = _pretrained_tiny()
+    with pytest.raises(ValueError, match="criterion"):
+        AESOPLoss(ae, criterion="l3")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="reduction"):
+        AESOPLoss(ae, reduction="avg")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="space='ae'"):
+        AESOPLoss(ae, space="bottleneck", as_loss_map=True)
+    with pytest.raises(TypeError, match="AutoEncoder"):
+        AESOPLoss(nn.Identity())  # type: ignore[arg-type]
+
+
+def _bad_inputs():
+    x = torch.rand(1, 3, 16, 16)
+    return [
+        ("3-D", x[0], x[0], r"4-D.*unsqueeze"),
+        ("channels", torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16), r"1 channels.*takes 3"),
+        ("shape", x, torch.rand(1, 3, 16, 20), "shapes differ"),
+        (
+            "divisible",
+            torch.rand(1, 3, 18, 16),
+            torch.rand(1, 3, 18, 16),
+            r"multiples of the AE's scale 4.*16x16",
+        ),
+        ("uint8", (x * 255).byte(), (x * 255).byte(), r"torch.uint8.*\[0, 1\]"),
+        ("dtype", x, x.double(), "float32 but hr is torch.float64"),
+        ("device", x, torch.empty(1, 3, 16, 16, device="meta"), "sr is on cpu but hr is on meta"),
+        (
+            "ae-device",
+            torch.empty(1, 3, 16, 16, device="meta"),
+            torch.empty(1, 3, 16, 16, device="meta"),
+            r"AE is on cpu.*criterion.to\('meta'\)",
+        ),
+        ("not-tensor", x.numpy(), x, "must be a torch.Tensor"),
+    ]
+
+
+@pytest.mark.parametrize(("case", "sr", "hr", "needle"), _bad_inputs(), ids=[c[0] for c in _bad_inputs()])
+def test_bad_inputs_are_explained(case, sr, hr, needle):
+    loss_fn = AESOPLoss(_pretrained_tiny())
+    with pytest.raises((ValueError, TypeError), match=needle):
+        loss_fn(sr, hr)
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (lambda x: x.masked_fill(x > 0.9, float("nan")), "NaN or Inf"),
+        (lambda x: x * 255, r"expected \[0, 1\].*1/255"),
+        (lambda x: x * 2 - 1, r"\(x \+ 1\) / 2"),
+    ],
+    ids=["nan", "0-255", "minus1-1"],
+)
+def test_opt_in_value_checks(make, needle):
+    x = torch.rand(1, 3, 16, 16)
+    bad = make(x)
+    AESOPLoss(_pretrained_tiny())(bad, bad)  # off by default: no sync, no error
+    with pytest.raises(ValueError, match=needle):
+        AESOPLoss(_pretrained_tiny(), check_values=True)(bad, x)
+
+
+def test_weight_shape_checked():
+    loss_fn = AESOPLoss(_pretrained_tiny())
+    x = torch.rand(1, 3, 16, 16)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        loss_fn(x, x, weight=torch.ones(1, 3, 4, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast(device, dtype, reference_ae, ae_golden):
+    loss_fn = AESOPLoss(reference_ae).to(device)
+    sr = ae_golden["sr"].to(device).requires_grad_()
+    with torch.autocast(device.type, dtype=dtype):
+        loss = loss_fn(sr, ae_golden["gt"].to(device))
+    loss.backward()
+    assert loss.dtype == torch.float32
+    assert sr.grad is not None
+    assert sr.grad.dtype == torch.float32
+    assert torch.isfinite(sr.grad).all()
+    assert float(loss) == pytest.approx(float(ae_golden["loss_l1"]), rel=0.05)
+    cos = torch.nn.functional.cosine_similarity(
+        sr.grad.flatten().cpu(), ae_golden["grad_l1"].flatten(), dim=0
+    )
+    assert cos > 0.9
+
+
+def test_low_precision_inputs_follow_ae_dtype(reference_ae, ae_golden):
+    sr = ae_golden["sr"].bfloat16().requires_grad_()
+    loss = AESOPLoss(reference_ae)(sr, ae_golden["gt"].bfloat16())
+    loss.backward()
+    assert loss.dtype == torch.float32
+    assert sr.grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+@pytest.mark.parametrize("encoder", ["learned", "bicubic"])
+def test_scales_and_encoders(scale, encoder):
+    loss_fn = AESOPLoss(_pretrained_tiny(scale=scale, encoder=encoder))
+    sr = torch.rand(2, 3, 8, 12, requires_grad=True)
+    loss = loss_fn(sr, torch.rand(2, 3, 8, 12))
+    loss.backward()
+    assert loss.ndim == 0
+    assert loss > 0
+    assert sr.grad.abs().sum() > 0
+
+
+def test_drop_in_for_l1_in_a_training_step():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.PixelShuffle(2))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    criterion = AESOPLoss(_pretrained_tiny(scale=2))  # was: nn.L1Loss()
+    lr, hr = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 16, 16)
+    before = [p.clone() for p in net.parameters()]
+    loss = criterion(net(lr), hr)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert all(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
