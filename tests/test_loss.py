@@ -4,10 +4,10 @@ import warnings
 
 import pytest
 import torch
-from conftest import AE_CKPT, rel_err
 from torch import nn
 
 from aesop_loss import AESOPLoss, AutoEncoder
+from conftest import AE_CKPT, rel_err
 
 
 def _pretrained_tiny(scale: int = 4, encoder: str = "learned") -> AutoEncoder:

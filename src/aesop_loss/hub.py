@@ -294,6 +294,8 @@ def _split_revision(src: str, revision: str | None) -> tuple[str, str | None]:
     if "@" not in src:
         return src, revision
     repo_id, _, pinned = src.partition("@")
+    if not pinned or "@" in pinned:
+        raise CheckpointError(f"{src!r}: expected 'org/name@revision' with one revision after '@'.")
     if revision is not None and revision != pinned:
         raise ValueError(f"{src!r} pins revision {pinned!r} but revision={revision!r} was also given.")
     return repo_id, pinned

@@ -1,0 +1,38 @@
+"""What every command-line entry point shares: one readable error line and a non-zero exit."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from .checkpoints import CheckpointError
+
+__all__ = ["CLIError", "run_cli"]
+
+
+class CLIError(Exception):
+    """A user-facing failure: printed as one line, exit status 2."""
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run ``main(argv)``; turn expected failures into ``error: ...`` on stderr and an exit status.
+
+    Examples:
+        >>> def main(argv):
+        ...     raise CLIError("no images in ./data; pass --data with a folder of PNG/JPEG files")
+        >>> run_cli(main, [])
+        2
+    """
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return int(main(argv) or 0)
+    except (CLIError, CheckpointError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, I/O errors
+        print(f"error: {exc.strerror or exc} ({exc.filename or 'I/O'})", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,302 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from hubserver import COMMIT, serve_hub
+
+from aesop_loss import AESOPLoss, AutoEncoder, CheckpointError, RRDBNet
+from aesop_loss._cli import run_cli
+from aesop_loss._io import sha256_file
+from aesop_loss.checkpoints import canonicalize_rrdbnet
+from aesop_loss.convert import main as convert_main
+from conftest import AE_CKPT, rel_err
+
+TINY = {"num_feat": 16, "num_block": 2, "num_grow_ch": 8}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"scale": 4}, {"scale": 2}, {"scale": 4, "encoder": "bicubic"}, {"scale": 2, "encoder": "bicubic"}],
+    ids=["x4", "x2", "x4-bicubic", "x2-bicubic"],
+)
+def test_save_load_round_trip_is_bit_identical(tmp_path, config):
+    torch.manual_seed(0)
+    ae = AutoEncoder(**TINY, **config)
+    folder = ae.save_pretrained(tmp_path / "ae", training_data="unit test", training_steps=3)
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["architecture"] == "AutoEncoder"
+    assert {k: cfg[k] for k in ae.config} == ae.config
+    card = (folder / "README.md").read_text()
+    assert f"| scale | {config['scale']} |" in card
+    assert "unit test" in card
+    assert "Auto-Encoded Supervision for Perceptual Image Super-Resolution" in card
+    loaded = AutoEncoder.from_pretrained(folder)
+    assert loaded.is_pretrained
+    assert not loaded.training
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), ae(x))
+    # a single .safetensors file alone works too (hyperparameters inferred from shapes)
+    single = AutoEncoder.from_pretrained(folder / "model.safetensors")
+    assert single.config == ae.config
+
+
+def test_rrdbnet_round_trip(tmp_path):
+    net = RRDBNet(**TINY, scale=2)
+    net.save_pretrained(tmp_path)
+    loaded = RRDBNet.from_pretrained(tmp_path)
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x))
+
+
+def test_convert_cli_reproduces_golden(tmp_path, ae_golden, capsys):
+    out = tmp_path / "aesop-ae"
+    assert convert_main([str(AE_CKPT), str(out), "--training-data", "DF2K"]) == 0
+    card = (out / "README.md").read_text()
+    assert sha256_file(AE_CKPT) in card
+    assert "official_rrdb_ae_small.pth" in card
+    from safetensors.torch import load_file
+
+    weights = load_file(out / "model.safetensors")
+    assert len(weights) == 178 - 68  # the duplicated encoder keys are gone
+    ae = AutoEncoder.from_pretrained(out)
+    with torch.no_grad():
+        for key, fn, src in (("gt_ae", ae, "gt"), ("sr_ae", ae, "sr"), ("gt_bottleneck", ae.encode, "gt")):
+            assert rel_err(fn(ae_golden[src]), ae_golden[key]) <= 1e-5
+    sr = ae_golden["sr"].clone().requires_grad_()
+    loss = AESOPLoss(out)(sr, ae_golden["gt"])
+    loss.backward()
+    assert rel_err(loss.detach().reshape(1), ae_golden["loss_l1"]) <= 1e-5
+    assert rel_err(sr.grad, ae_golden["grad_l1"]) <= 1e-5
+
+
+def test_convert_help_names_the_source(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        convert_main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "AE_RRDBdecoder_100K.pth" in out
+    assert "RealAE_RRDBdecoder_100K.pth" in out
+    assert "github.com/2minkyulee" in out
+
+
+def test_convert_cli_bad_source_is_one_line(tmp_path, capsys):
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    assert run_cli(convert_main, [str(tmp_path / "bad.pth"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert "bad.pth" in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+# --- Hub ids through huggingface_hub's real code path --------------------------------------------
+
+_LOAD = textwrap.dedent(
+    """
+    import json, sys, torch
+    from aesop_loss import AutoEncoder, CheckpointError
+    for src in sys.argv[1:]:
+        try:
+            ae = AutoEncoder.from_pretrained(src)
+        except CheckpointError as exc:
+            print(json.dumps({"src": src, "error": str(exc)}))
+            continue
+        torch.manual_seed(0)
+        with torch.no_grad():
+            print(json.dumps({"src": src, "sum": float(ae(torch.rand(1, 3, 16, 16)).sum())}))
+    """
+)
+
+
+def _run_load(srcs: list[str], env: dict[str, str]) -> dict[str, dict[str, object]]:
+    full = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1", **env}
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOAD, *srcs],
+        capture_output=True,
+        text=True,
+        env=full,
+        timeout=120,
+        check=True,
+    )
+    return {r["src"]: r for r in map(json.loads, proc.stdout.splitlines())}
+
+
+def test_hub_repo_id_download_then_offline_cache(tmp_path):
+    ae = AutoEncoder(**TINY)
+    ae.save_pretrained(tmp_path / "repo")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        expected = float(ae(torch.rand(1, 3, 16, 16)).sum())
+    cache = {"HF_HOME": str(tmp_path / "hf")}
+    with serve_hub({"aesop/tiny-ae": tmp_path / "repo"}) as (endpoint, log):
+        online = _run_load(
+            ["aesop/tiny-ae", f"aesop/tiny-ae@{COMMIT}", "aesop/no-such-ae", "aesop/tiny-ae@v9"],
+            {**cache, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"},
+        )
+    assert any("/aesop/tiny-ae/resolve/main/config.json" in line for line in log)
+    assert any("/aesop/tiny-ae/resolve/main/model.safetensors" in line for line in log)
+    assert online["aesop/tiny-ae"]["sum"] == expected
+    assert online[f"aesop/tiny-ae@{COMMIT}"]["sum"] == expected
+    assert "no such repo on the Hub" in str(online["aesop/no-such-ae"]["error"])
+    assert "revision 'v9' does not exist" in str(online["aesop/tiny-ae@v9"]["error"])
+    # the server is gone: the populated cache serves the same weights offline
+    offline = _run_load(["aesop/tiny-ae", "aesop/other-ae"], {**cache, "HF_HUB_OFFLINE": "1"})
+    assert offline["aesop/tiny-ae"]["sum"] == expected
+    error = str(offline["aesop/other-ae"]["error"])
+    assert "not in the local Hugging Face cache" in error
+    assert "pass a local folder" in error
+
+
+def test_no_network_at_import():
+    code = (
+        "import socket\nsocket.socket.connect = None\n"
+        "import aesop_loss, aesop_loss.hub, aesop_loss.convert\nprint('ok')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "ok"
+
+
+# --- decoder initialisation from the three generator layouts -------------------------------------
+
+
+def _original_esrgan_layout(sd: dict[str, torch.Tensor], num_block: int) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("body."):
+            _, i, rdb, conv, kind = k.split(".")
+            out[f"model.1.sub.{i}.RDB{rdb[-1]}.{conv}.0.{kind}"] = v
+        else:
+            name, kind = k.split(".")
+            index = {
+                "conv_first": "0",
+                "conv_up1": "3",
+                "conv_up2": "6",
+                "conv_hr": "8",
+                "conv_last": "10",
+            }.get(name)
+            key = f"model.{index}.{kind}" if index else f"model.1.sub.{num_block}.{kind}"
+            out[key] = v
+    return out
+
+
+def _trunk_layout(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    renames = {"conv_body": "trunk_conv", "conv_up1": "upconv1", "conv_up2": "upconv2", "conv_hr": "HRconv"}
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("body."):
+            _, i, rdb, rest = k.split(".", 3)
+            out[f"RRDB_trunk.{i}.RDB{rdb[-1]}.{rest}"] = v
+        else:
+            name, kind = k.split(".")
+            out[f"{renames.get(name, name)}.{kind}"] = v
+    return out
+
+
+@pytest.mark.parametrize("layout", ["basicsr", "esrgan", "trunk"])
+@pytest.mark.parametrize("scale", [4, 2])
+def test_decoder_init_from_generator_layouts(tmp_path, layout, scale):
+    if layout == "esrgan" and scale == 2:
+        pytest.skip("the original ESRGAN release has x4 models only")
+    torch.manual_seed(1)
+    gen = RRDBNet(**TINY, scale=scale)
+    sd = gen.state_dict()
+    payload = {
+        "basicsr": {"params_ema": sd},
+        "esrgan": _original_esrgan_layout(sd, TINY["num_block"]),
+        "trunk": _trunk_layout(sd),
+    }[layout]
+    torch.save(payload, tmp_path / "gen.pth")
+    assert (
+        canonicalize_rrdbnet(torch.load(tmp_path / "gen.pth", weights_only=True).get("params_ema", payload))[
+            1
+        ]
+        == gen.config
+    )
+    loaded = RRDBNet.from_pretrained(tmp_path / "gen.pth")
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), gen(x))
+    ae = AutoEncoder.from_decoder(tmp_path / "gen.pth")
+    assert ae.config == {"num_in_ch": 3, **TINY, "scale": scale, "encoder": "learned"}
+    assert not ae.is_pretrained
+    z = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(ae.decode(z), gen(z))
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+def test_folder_without_config(tmp_path):
+    AutoEncoder(**TINY).save_pretrained(tmp_path)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(CheckpointError, match=r"no config\.json"):
+        AutoEncoder.from_pretrained(tmp_path)
+
+
+def test_config_that_does_not_match_weights(tmp_path):
+    AutoEncoder(**TINY).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["num_block"] = 3
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors.*missing keys: decoder\.body\.2"):
+        AutoEncoder.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda text: "{not json", "not valid JSON"),
+        (
+            lambda text: json.dumps({**json.loads(text), "architecture": "RRDBNet"}),
+            r"RRDBNet\.from_pretrained",
+        ),
+        (
+            lambda text: json.dumps({**json.loads(text), "depth": 9}),
+            r"unknown AutoEncoder settings \['depth'\]",
+        ),
+        (lambda text: json.dumps({**json.loads(text), "scale": 3}), "invalid configuration"),
+    ],
+    ids=["bad-json", "wrong-architecture", "unknown-key", "bad-value"],
+)
+def test_malformed_config(tmp_path, edit, needle):
+    AutoEncoder(**TINY).save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(CheckpointError, match=needle):
+        AutoEncoder.from_pretrained(tmp_path)
+
+
+def test_truncated_safetensors(tmp_path):
+    AutoEncoder(**TINY).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: not a readable safetensors file"):
+        AutoEncoder.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("src", ["org/name@a@b", "not a repo", "a/b/c/d"])
+def test_neither_path_nor_repo_id(src):
+    with pytest.raises((CheckpointError, ValueError)):
+        AutoEncoder.from_pretrained(src)
+
+
+def test_conflicting_revisions():
+    with pytest.raises(ValueError, match="pins revision"):
+        AutoEncoder.from_pretrained("org/name@v1", revision="v2")
+
+
+def test_device_argument(tmp_path):
+    AutoEncoder(**TINY).save_pretrained(tmp_path)
+    ae = AutoEncoder.from_pretrained(tmp_path, device="cpu")
+    assert next(ae.parameters()).device.type == "cpu"
