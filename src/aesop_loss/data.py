@@ -1,0 +1,482 @@
+"""Training data for AE pretraining: dataset downloads, image folders, and aligned random crops.
+
+- ``prepare_data("DIV2K" | "Flickr2K" | "DF2K" | "path" | "HR_DIR:LR_DIR", ...)`` resolves a
+  name or path to HR images (and paired LR images when there are any). Named datasets are
+  downloaded from their official source with a progress bar, resumed after an interruption,
+  verified (archive integrity, image count) and extracted once. ``AESOP_DATA_MIRROR`` replaces the
+  official base URLs (a local mirror, or a test server).
+- ``CropDataset`` decodes each image once (into RAM when the decoded set fits, otherwise into an
+  on-disk cache of raw pixels), takes several random crops per read, applies flips and 90-degree
+  rotations to HR and LR alike, and computes the LR crop with MATLAB-exact bicubic when no LR
+  images were given. Randomness is a function of (seed, sample number), so a resumed run sees
+  exactly the data it would have seen, with any number of workers or processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import tarfile
+import urllib.error
+import urllib.request
+import warnings
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+from tqdm.auto import tqdm
+
+from ._io import atomic_path
+from .resize import imresize
+
+__all__ = [
+    "DATASETS",
+    "CropDataset",
+    "DataError",
+    "ImageSet",
+    "RemoteArchive",
+    "SampleStream",
+    "list_images",
+    "load_image",
+    "prepare_data",
+    "prepare_validation",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+MIRROR_ENV = "AESOP_DATA_MIRROR"
+
+
+class DataError(ValueError):
+    """Training data is missing, empty, unreadable, or cannot be downloaded."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteArchive:
+    """One archive of a public dataset: where it is, and what it must contain once extracted."""
+
+    url: str
+    folder: str  # folder inside the extraction root that holds the images
+    count: int  # number of images it must hold
+
+
+_DIV2K = "https://data.vision.ee.ethz.ch/cvl/DIV2K/"
+DATASETS: dict[str, dict[str, RemoteArchive]] = {
+    "DIV2K": {
+        "hr": RemoteArchive(_DIV2K + "DIV2K_train_HR.zip", "DIV2K_train_HR", 800),
+        "lr_x2": RemoteArchive(_DIV2K + "DIV2K_train_LR_bicubic_X2.zip", "DIV2K_train_LR_bicubic/X2", 800),
+        "lr_x4": RemoteArchive(_DIV2K + "DIV2K_train_LR_bicubic_X4.zip", "DIV2K_train_LR_bicubic/X4", 800),
+        "val": RemoteArchive(_DIV2K + "DIV2K_valid_HR.zip", "DIV2K_valid_HR", 100),
+    },
+    "Flickr2K": {
+        "hr": RemoteArchive("https://cv.snu.ac.kr/research/EDSR/Flickr2K.tar", "Flickr2K/Flickr2K_HR", 2650),
+    },
+}
+DATASET_NAMES = ("DIV2K", "Flickr2K", "DF2K")
+
+
+@dataclasses.dataclass
+class ImageSet:
+    """HR image files, with LR files of the same names when the data is paired."""
+
+    hr: list[Path]
+    lr: list[Path] | None = None
+    name: str = "images"
+
+
+def list_images(folder: str | os.PathLike[str]) -> list[Path]:
+    """Image files directly in ``folder`` or below it, sorted by path.
+
+    Raises:
+        DataError: The folder does not exist or holds no images.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder; pass --data a dataset name or a folder of images.")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"{folder}: holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+    return files
+
+
+def load_image(path: str | os.PathLike[str]) -> Tensor:
+    """Decode an image of any mode (L, RGBA, P, I;16, CMYK ...) to a ``(3, H, W)`` uint8 tensor."""
+    with Image.open(path) as img:
+        img.load()
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            rgb = Image.alpha_composite(canvas, rgba).convert("RGB")
+        elif img.mode.startswith("I;16") or img.mode == "I":
+            rgb = img.point(lambda v: v / 256).convert("RGB")
+        else:
+            rgb = img.convert("RGB")
+    data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
+    return data.view(rgb.height, rgb.width, 3).permute(2, 0, 1).contiguous()
+
+
+# --- downloads ------------------------------------------------------------------------------------
+
+
+def _resolve_url(url: str) -> str:
+    mirror = os.environ.get(MIRROR_ENV)
+    return mirror.rstrip("/") + "/" + url.rsplit("/", 1)[1] if mirror else url
+
+
+def download(url: str, dest: Path, *, timeout: float = 60.0) -> Path:
+    """Download ``url`` to ``dest`` with a progress bar, resuming a ``.part`` file left earlier.
+
+    Raises:
+        DataError: The download failed; the partial file is kept so the next call resumes.
+    """
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            if have and response.status != 206:  # the server ignored the range: start over
+                have = 0
+            length = response.headers.get("Content-Length")
+            total = have + int(length) if length is not None else None
+            with (
+                open(part, "ab" if have else "wb") as fh,
+                tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=dest.name) as bar,
+            ):
+                while chunk := response.read(1 << 20):
+                    fh.write(chunk)
+                    bar.update(len(chunk))
+        if total is not None and part.stat().st_size != total:
+            raise DataError(
+                f"download of {url} stopped at {part.stat().st_size} of {total} bytes; partial file kept "
+                f"at {part}, run again to resume."
+            )
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        if isinstance(exc, OSError) and getattr(exc, "errno", None) == 28:
+            raise DataError(f"out of disk space while downloading to {dest.parent}.") from exc
+        reason = getattr(exc, "reason", exc)
+        raise DataError(
+            f"download of {url} failed ({reason}); partial file kept at {part}, run again to resume "
+            f"(or set {MIRROR_ENV} to a mirror)."
+        ) from exc
+    part.replace(dest)
+    return dest
+
+
+def _extract(archive: Path, root: Path) -> None:
+    try:
+        if archive.suffix == ".zip":
+            with zipfile.ZipFile(archive) as zf:
+                bad = zf.testzip()
+                if bad is not None:
+                    raise DataError(f"{archive}: corrupted member {bad}; delete the file and run again.")
+                zf.extractall(root)
+        else:
+            with tarfile.open(archive) as tf:
+                tf.extractall(root, filter="data")
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
+        archive.unlink(missing_ok=True)
+        raise DataError(
+            f"{archive}: not a valid archive ({exc}); it was deleted, run again to re-download."
+        ) from exc
+
+
+def fetch_archive(item: RemoteArchive, root: Path) -> Path:
+    """Download, verify and extract ``item`` under ``root`` once; returns its image folder."""
+    folder = root / item.folder
+    marker = root / f".{hashlib.sha1(item.url.encode()).hexdigest()[:12]}.complete"
+    if marker.is_file() and folder.is_dir():
+        return folder
+    archive = download(_resolve_url(item.url), root / "archives" / item.url.rsplit("/", 1)[1])
+    _extract(archive, root)
+    found = len(list_images(folder)) if folder.is_dir() else 0
+    if found != item.count:
+        raise DataError(
+            f"{archive.name}: expected {item.count} images in {folder}, found {found}; delete {archive} "
+            "and run again."
+        )
+    marker.touch()
+    return folder
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "aesop-loss" / "datasets"
+
+
+def _paired(hr_files: list[Path], lr_dir: Path, scale: int | None) -> list[Path]:
+    lr_files = {p.stem: p for p in list_images(lr_dir)}
+    out = []
+    for hr in hr_files:
+        # DIV2K names LR files 0001x4.png for HR 0001.png
+        match = lr_files.get(hr.stem) or (lr_files.get(f"{hr.stem}x{scale}") if scale else None)
+        if match is None:
+            raise DataError(f"{lr_dir}: no LR image for {hr.name} (matched by file name).")
+        out.append(match)
+    return out
+
+
+def prepare_data(data: str, *, scale: int, data_dir: str | os.PathLike[str] | None = None) -> ImageSet:
+    """Resolve ``--data`` to image files, downloading a named dataset when needed.
+
+    Args:
+        data: ``DIV2K``, ``Flickr2K``, ``DF2K``, a folder of HR images, or ``HR_DIR:LR_DIR``.
+        scale: SR scale (selects DIV2K's official bicubic LR set).
+        data_dir: Cache for downloads (default ``~/.cache/aesop-loss/datasets``).
+
+    Returns:
+        The images. Named datasets pair DIV2K HR with its official LR; Flickr2K's LR is computed.
+
+    Raises:
+        DataError: Unknown name, missing or empty folder, failed download.
+    """
+    root = Path(data_dir).expanduser() if data_dir else _default_data_dir()
+    path = Path(data).expanduser()
+    if data.upper() in {n.upper() for n in DATASET_NAMES} and not path.exists():
+        name = next(n for n in DATASET_NAMES if n.upper() == data.upper())
+        hr: list[Path] = []
+        if name in ("DIV2K", "DF2K"):
+            hr += list_images(fetch_archive(DATASETS["DIV2K"]["hr"], root / "DIV2K"))
+        if name in ("Flickr2K", "DF2K"):
+            hr += list_images(fetch_archive(DATASETS["Flickr2K"]["hr"], root / "Flickr2K"))
+        # official LR exists only for DIV2K; mixing paired and computed LR in one set would be
+        # inconsistent, so DF2K computes LR for all images with the same MATLAB bicubic
+        if name == "DIV2K" and f"lr_x{scale}" in DATASETS["DIV2K"]:
+            lr_dir = fetch_archive(DATASETS["DIV2K"][f"lr_x{scale}"], root / "DIV2K")
+            return ImageSet(hr, _paired(hr, lr_dir, scale), name=name)
+        return ImageSet(hr, None, name=name)
+    if ":" in data and not path.exists():
+        hr_text, lr_text = data.split(":", 1)
+        hr = list_images(hr_text)
+        return ImageSet(hr, _paired(hr, Path(lr_text).expanduser(), scale), name=Path(hr_text).name)
+    if not path.exists():
+        raise DataError(
+            f"--data {data!r}: neither a dataset name ({', '.join(DATASET_NAMES)}) nor an existing folder."
+        )
+    return ImageSet(list_images(path), None, name=path.name)
+
+
+def prepare_validation(
+    val: str | None, data: str, *, data_dir: str | os.PathLike[str] | None, count: int = 10
+) -> list[Path]:
+    """Validation HR images: ``--val`` folder, ``none``, or (for named datasets) DIV2K's first ``count``."""
+    if val is not None and val.lower() == "none":
+        return []
+    if val is not None:
+        return (
+            list_images(val)[:count]
+            if val.upper() == "DIV2K" and not Path(val).exists()
+            else list_images(val)
+        )
+    if data.upper() in {n.upper() for n in DATASET_NAMES} and not Path(data).exists():
+        root = Path(data_dir).expanduser() if data_dir else _default_data_dir()
+        return list_images(fetch_archive(DATASETS["DIV2K"]["val"], root / "DIV2K"))[:count]
+    return []
+
+
+# --- crops ----------------------------------------------------------------------------------------
+
+
+def _readable(files: Sequence[Path], crop: int) -> list[int]:
+    """Indices of files whose header opens and that are at least ``crop`` pixels on each side."""
+    keep = []
+    for i, path in enumerate(files):
+        try:
+            with Image.open(path) as img:
+                w, h = img.size
+        except (UnidentifiedImageError, OSError) as exc:
+            warnings.warn(f"skipping {path}: not a readable image ({exc.__class__.__name__}).", stacklevel=3)
+            continue
+        if min(w, h) < crop:
+            warnings.warn(f"skipping {path}: {w}x{h} is smaller than the {crop}px crop.", stacklevel=3)
+            continue
+        keep.append(i)
+    return keep
+
+
+class CropDataset(Dataset[tuple[Tensor, Tensor]]):
+    """Aligned random HR/LR crops with flips and rotations, deterministic in (seed, sample number).
+
+    Item ``g`` is the ``g``-th sample of an endless stream: the image is chosen by a per-epoch
+    permutation, the crop and augmentation by a generator seeded with ``(seed, g)``. Each item
+    holds ``crops_per_image`` crops of one decoded image.
+
+    Args:
+        images: HR files, with optional paired LR files.
+        crop: HR crop size (a multiple of ``scale``).
+        scale: SR scale.
+        seed: Base seed.
+        crops_per_image: Crops taken per image read.
+        augment: Random flips and 90-degree rotations.
+        cache_dir: Where decoded pixels are kept when they do not fit in RAM.
+        ram_budget_bytes: Decode everything into RAM up front when it fits in this budget.
+
+    Examples:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     Image.new("RGB", (40, 36), "gray").save(f"{d}/a.png")
+        ...     ds = CropDataset(ImageSet([Path(f"{d}/a.png")]), crop=16, scale=4, seed=0)
+        ...     hr, lr = ds[0]
+        >>> tuple(hr.shape), tuple(lr.shape), hr.dtype
+        ((1, 3, 16, 16), (1, 3, 4, 4), torch.uint8)
+    """
+
+    def __init__(
+        self,
+        images: ImageSet,
+        *,
+        crop: int,
+        scale: int,
+        seed: int,
+        crops_per_image: int = 1,
+        augment: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
+        ram_budget_bytes: int = 8 << 30,
+    ) -> None:
+        if crop % scale:
+            raise DataError(f"--crop {crop} is not a multiple of --scale {scale}.")
+        keep = _readable(images.hr, crop)
+        if images.lr is not None:
+            lr_ok = set(_readable([images.lr[i] for i in keep], crop // scale))
+            keep = [i for j, i in enumerate(keep) if j in lr_ok]
+        if not keep:
+            raise DataError(
+                f"{images.name}: no usable images (all unreadable or smaller than the {crop}px crop)."
+            )
+        self.hr = [images.hr[i] for i in keep]
+        self.lr = [images.lr[i] for i in keep] if images.lr is not None else None
+        self.crop, self.scale, self.seed = crop, scale, seed
+        self.crops_per_image, self.augment = crops_per_image, augment
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self._ram: dict[Path, Tensor] = {}
+        self._bad: set[int] = set()
+        estimate = 0
+        for path in self.hr:
+            with Image.open(path) as img:
+                estimate += 3 * img.size[0] * img.size[1]
+        if estimate <= ram_budget_bytes:
+            for path in tqdm(
+                self.hr + (self.lr or []), desc="decoding images", leave=False, disable=len(self.hr) < 50
+            ):
+                with contextlib.suppress(OSError, UnidentifiedImageError, SyntaxError, ValueError):
+                    self._ram[path] = load_image(path)  # failures are reported once, when sampled
+        logger.info(
+            "%d images; %s",
+            len(self.hr),
+            "decoded in RAM" if self._ram else f"decoded cache in {self.cache_dir}",
+        )
+
+    def __len__(self) -> int:
+        return len(self.hr)
+
+    def _pixels(self, path: Path) -> Tensor:
+        if path in self._ram:
+            return self._ram[path]
+        if self.cache_dir is None:
+            return load_image(path)
+        key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
+        cached = self.cache_dir / f"{key}.safetensors"
+        if cached.is_file():
+            try:
+                return load_file(cached)["pixels"]
+            except Exception:  # a stale or broken cache entry: decode again
+                cached.unlink(missing_ok=True)
+        pixels = load_image(path)
+        with atomic_path(cached) as tmp:
+            save_file({"pixels": pixels}, str(tmp))
+        return pixels
+
+    def image_index(self, g: int) -> int:
+        """The image that sample ``g`` reads: a fresh permutation of the images every epoch."""
+        n = len(self.hr)
+        epoch, pos = divmod(g, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        return int(perm[pos])
+
+    def __getitem__(self, g: int) -> tuple[Tensor, Tensor]:
+        index = self.image_index(g)
+        for attempt in range(len(self.hr)):
+            i = (index + attempt) % len(self.hr)
+            if i in self._bad:
+                continue
+            try:
+                hr = self._pixels(self.hr[i])
+                lr = self._pixels(self.lr[i]) if self.lr is not None else None
+            except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+                self._bad.add(i)
+                warnings.warn(f"skipping {self.hr[i]}: cannot be decoded ({exc}).", stacklevel=2)
+                continue
+            return self._crops(hr, lr, torch.Generator().manual_seed(self.seed * 7_919 + g))
+        raise DataError("no image could be decoded.")
+
+    def _crops(self, hr: Tensor, lr: Tensor | None, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        s, c = self.scale, self.crop
+        lc = c // s
+        h, w = lr.shape[-2:] if lr is not None else (hr.shape[-2] // s, hr.shape[-1] // s)
+        hrs, lrs = [], []
+        for _ in range(self.crops_per_image):
+            y = int(torch.randint(0, h - lc + 1, (1,), generator=gen))
+            x = int(torch.randint(0, w - lc + 1, (1,), generator=gen))
+            hr_crop = hr[:, y * s : y * s + c, x * s : x * s + c]
+            lr_crop = lr[:, y : y + lc, x : x + lc] if lr is not None else _bicubic_lr(hr, y * s, x * s, c, s)
+            if self.augment:
+                flips = torch.randint(0, 2, (3,), generator=gen).tolist()
+                for flag, op in zip(
+                    flips,
+                    (lambda t: t.flip(-1), lambda t: t.flip(-2), lambda t: t.transpose(-1, -2)),
+                    strict=True,
+                ):
+                    if flag:
+                        hr_crop, lr_crop = op(hr_crop), op(lr_crop)
+            hrs.append(hr_crop.contiguous())
+            lrs.append(lr_crop.contiguous())
+        return torch.stack(hrs), torch.stack(lrs)
+
+
+def _bicubic_lr(hr: Tensor, top: int, left: int, crop: int, scale: int) -> Tensor:
+    """MATLAB-bicubic LR of one HR crop, computed with enough context that it equals the crop of the
+    full image's LR (the kernel reaches 2*scale pixels; at the image border MATLAB's symmetric
+    padding applies, as it does to the whole image), rounded to 8 bits like a stored LR PNG."""
+    pad = 2 * scale  # the antialiased kernel reaches 2*scale HR pixels from an LR pixel's centre
+    height, width = hr.shape[-2] // scale * scale, hr.shape[-1] // scale * scale
+    t0, l0 = max(0, top - pad), max(0, left - pad)
+    b0, r0 = min(height, top + crop + pad), min(width, left + crop + pad)
+    region = hr[:, t0:b0, l0:r0].double() / 255
+    lr = imresize(region, 1 / scale)
+    y, x = (top - t0) // scale, (left - l0) // scale
+    lr = lr[:, y : y + crop // scale, x : x + crop // scale]
+    return (lr.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def collate_crops(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """Concatenate items of several crops each into one batch."""
+    return torch.cat([b[0] for b in batch]), torch.cat([b[1] for b in batch])
+
+
+class SampleStream(Sampler[int]):
+    """The endless sample numbers ``start + rank, start + rank + world, ...`` of one process.
+
+    With ``world`` processes, process ``rank`` reads every ``world``-th sample, so the union over
+    processes is the single-process stream; resuming at ``start`` continues it exactly.
+    """
+
+    def __init__(self, *, start: int = 0, rank: int = 0, world: int = 1) -> None:
+        self.start, self.rank, self.world = start, rank, world
+
+    def __iter__(self) -> Iterator[int]:
+        g = self.start + self.rank
+        while True:
+            yield g
+            g += self.world

@@ -1,0 +1,526 @@
+"""Pretrain an AESOP autoencoder: ``python -m aesop_loss.pretrain --data DIV2K --out runs/ae``.
+
+Loss: ``L1(AE(HR), HR) + bottleneck_weight * L1(encode(HR), LR_bicubic)``; defaults are the paper's
+(Adam 1e-4, betas 0.9/0.99, EMA 0.999, crop 256, 100k steps). Runs on a CPU (a tiny AE trains in
+seconds), one GPU, or many with ``torchrun --nproc_per_node=N -m aesop_loss.pretrain ...`` (DDP is
+detected from the ``RANK`` / ``WORLD_SIZE`` variables: NCCL on CUDA, gloo on CPU).
+
+``--out DIR`` is a model folder after the first save (``config.json`` + ``model.safetensors`` of the
+EMA weights + model card), so ``AESOPLoss(ae=DIR)`` works on a finished or running run. The full
+training state goes to ``DIR/checkpoints/last.pt`` (atomically) every ``--save-every`` steps and on
+Ctrl-C / SIGTERM; ``--resume`` continues it exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import errno
+import json
+import logging
+import math
+import os
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ._cli import CLIError, run_cli
+from ._io import atomic_path
+from .archs import AutoEncoder, RRDBNet
+from .data import (
+    CropDataset,
+    DataError,
+    SampleStream,
+    collate_crops,
+    load_image,
+    prepare_data,
+    prepare_validation,
+)
+from .hub import push_folder_to_hub
+from .metrics import psnr
+from .resize import imresize
+
+__all__ = ["PretrainConfig", "main", "train"]
+
+logger = logging.getLogger(__name__)
+
+# Settings that must match for --resume to continue the same run.
+_RESUME_KEYS = (
+    "data", "num_feat", "num_block", "num_grow_ch", "scale", "encoder", "batch_size", "crop",
+    "crops_per_image", "lr", "ema", "bottleneck_weight", "seed", "world_size",
+)  # fmt: skip
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    """Everything a pretraining run needs; the CLI flags map one to one onto these fields."""
+
+    data: str
+    out: Path
+    data_dir: str | None = None
+    val: str | None = None
+    steps: int = 100_000
+    batch_size: int = 16
+    crop: int = 256
+    lr: float = 1e-4
+    ema: float = 0.999
+    bottleneck_weight: float = 1.0
+    decoder_init: str | None = None
+    freeze_decoder_steps: int = 0
+    num_feat: int = 64
+    num_block: int = 23
+    num_grow_ch: int = 32
+    scale: int = 4
+    encoder: str = "learned"
+    amp: str = "none"
+    compile: bool = False
+    device: str | None = None
+    workers: int = 4
+    seed: int = 0
+    save_every: int = 5_000
+    val_every: int = 5_000
+    log_every: int = 50
+    crops_per_image: int = 4
+    resume: bool = False
+    push_to_hub: str | None = None
+    world_size: int = 1
+    command: str = ""
+
+
+class _Pretrainer(nn.Module):
+    """Wraps the AE so that one forward (what DDP and torch.compile see) returns both outputs."""
+
+    def __init__(self, ae: AutoEncoder) -> None:
+        super().__init__()
+        self.ae = ae
+
+    def forward(self, hr: Tensor) -> tuple[Tensor, Tensor]:
+        z = self.ae.encode(hr)
+        return self.ae.decode(z), z
+
+
+@dataclasses.dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed(device: str | None) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    want_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if want_cuda and not torch.cuda.is_available():
+        raise CLIError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu.")
+    if "RANK" not in os.environ or world == 1:
+        return _Dist(device=torch.device(device or ("cuda" if want_cuda else "cpu")))
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if want_cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if want_cuda else "gloo")
+    return _Dist(rank, world, torch.device("cuda", local) if want_cuda else torch.device("cpu"))
+
+
+def _amp_dtype(amp: str) -> torch.dtype | None:
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def _validation_set(paths: list[Path], scale: int, size: int = 512) -> list[tuple[Tensor, Tensor]]:
+    """Centre crops (at most ``size``, multiples of ``scale``) and their MATLAB-bicubic LR."""
+    out = []
+    for path in paths:
+        img = load_image(path)
+        h, w = (min(size, d) // scale * scale for d in img.shape[-2:])
+        top, left = (img.shape[-2] - h) // 2, (img.shape[-1] - w) // 2
+        hr = img[:, top : top + h, left : left + w].double() / 255
+        lr = (imresize(hr, 1 / scale).clamp(0, 1) * 255).round() / 255
+        out.append((hr.float()[None], lr.float()[None]))
+    return out
+
+
+@torch.no_grad()
+def _validate(ae: AutoEncoder, images: list[tuple[Tensor, Tensor]], device: torch.device) -> dict[str, float]:
+    rec, bott = [], []
+    for hr, lr in images:
+        hr, lr = hr.to(device), lr.to(device)
+        z = ae.encode(hr)
+        rec.append(float(psnr(ae.decode(z), hr, crop_border=ae.scale)))
+        bott.append(float(psnr(z, lr, crop_border=1)))
+    return {"psnr_ae_hr": sum(rec) / len(rec), "psnr_bottleneck_lr": sum(bott) / len(bott)}
+
+
+def _signature(cfg: PretrainConfig) -> dict[str, Any]:
+    return {k: getattr(cfg, k) for k in _RESUME_KEYS}
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Run:
+    """The state of one pretraining run: model, EMA, optimiser, data, and how they are saved."""
+
+    def __init__(self, cfg: PretrainConfig, env: _Dist) -> None:
+        self.cfg, self.env = cfg, env
+        self.out = Path(cfg.out)
+        self.ckpt = self.out / "checkpoints" / "last.pt"
+        torch.manual_seed(cfg.seed)
+        arch = {k: getattr(cfg, k) for k in ("num_feat", "num_block", "num_grow_ch", "scale", "encoder")}
+        if cfg.decoder_init:
+            decoder = RRDBNet.from_pretrained(cfg.decoder_init)
+            self.ae = AutoEncoder.from_decoder(decoder, encoder=cfg.encoder)  # type: ignore[arg-type]
+            if {k: self.ae.config[k] for k in arch} != arch:
+                logger.info("architecture taken from --decoder-init: %s", self.ae.config)
+                for key, value in self.ae.config.items():
+                    if hasattr(cfg, key):
+                        setattr(cfg, key, value)
+        else:
+            self.ae = AutoEncoder(**arch)
+        cuda = env.device.type == "cuda"
+        self.ae.to(env.device)
+        if cuda:
+            self.ae.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            torch.backends.cudnn.benchmark = True
+        self.ema = copy.deepcopy(self.ae).requires_grad_(False).eval()
+        self.optimizer = torch.optim.Adam(self.ae.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
+        self.amp_dtype = _amp_dtype(cfg.amp)
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.amp == "fp16")
+        self.step = 0
+        self.best: dict[str, float] = {}
+        self._decoder_frozen: bool | None = None
+        self.model: nn.Module = _Pretrainer(self.ae)
+
+    # -- freezing and wrapping ----------------------------------------------------------------------
+    def _wrap(self, step: int) -> nn.Module:
+        frozen = self.cfg.freeze_decoder_steps < 0 or step < self.cfg.freeze_decoder_steps
+        if frozen == self._decoder_frozen:
+            return self.model
+        self._decoder_frozen = frozen
+        self.ae.decoder.requires_grad_(not frozen)
+        if frozen:
+            logger.info(
+                "decoder frozen%s",
+                "" if self.cfg.freeze_decoder_steps < 0 else f" until step {self.cfg.freeze_decoder_steps}",
+            )
+        model: nn.Module = _Pretrainer(self.ae)
+        if self.env.world > 1:
+            model = DistributedDataParallel(
+                model, device_ids=[self.env.device] if self.env.device.type == "cuda" else None
+            )
+        if self.cfg.compile:
+            model = torch.compile(model)  # type: ignore[assignment]
+        self.model = model
+        return model
+
+    # -- persistence --------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self.ae.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "config": _signature(self.cfg),
+            "rng": torch.get_rng_state(),
+        }
+
+    def save(self, metrics: dict[str, float] | None = None) -> None:
+        if not self.env.main:
+            return
+        try:
+            with atomic_path(self.ckpt) as tmp:
+                torch.save(self.state(), tmp)
+            self.ema.is_pretrained = True
+            self.ema.save_pretrained(
+                self.out,
+                training_data=self.cfg.data,
+                training_steps=self.step,
+                command=self.cfg.command or None,
+                metrics=metrics or self.best,
+                license="other",
+                description=(
+                    "AESOP autoencoder pretrained with aesop-loss (EMA weights). Use it as AESOPLoss(ae=...)."
+                ),
+            )
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise CLIError(
+                    f"out of disk space writing {self.ckpt}; the previous checkpoint is intact."
+                ) from exc
+            raise
+
+    def load(self) -> None:
+        if not self.ckpt.is_file():
+            raise CLIError(f"--resume: no checkpoint at {self.ckpt}; start without --resume.")
+        try:
+            state = torch.load(self.ckpt, map_location=self.env.device, weights_only=True)
+        except Exception as exc:
+            raise CLIError(
+                f"--resume: {self.ckpt} is not a readable checkpoint ({exc.__class__.__name__})."
+            ) from exc
+        theirs, ours = state.get("config", {}), _signature(self.cfg)
+        diff = [f"{k}={theirs.get(k)!r} (now {ours[k]!r})" for k in ours if theirs.get(k) != ours[k]]
+        if diff:
+            raise CLIError(f"--resume: {self.out} is a run with another configuration: {', '.join(diff)}.")
+        self.ae.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"].cpu())
+        self.step = int(state["step"])
+        logger.info("resumed %s at step %d", self.out, self.step)
+
+    # -- one step -----------------------------------------------------------------------------------
+    def train_step(self, hr: Tensor, lr: Tensor) -> tuple[Tensor, Tensor]:
+        model = self._wrap(self.step)
+        dev = self.env.device
+        fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
+        hr = hr.to(dev, non_blocking=True).to(memory_format=fmt).float().div_(255)
+        lr = lr.to(dev, non_blocking=True).to(memory_format=fmt).float().div_(255)
+        with torch.autocast(
+            dev.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        ):
+            recon, z = model(hr)
+        rec = F.l1_loss(recon.float(), hr)
+        bott = F.l1_loss(z.float(), lr)
+        loss = rec + self.cfg.bottleneck_weight * bott
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        with torch.no_grad():
+            ema_p: list[Tensor] = list(self.ema.parameters())
+            torch._foreach_lerp_(ema_p, [p.detach() for p in self.ae.parameters()], 1.0 - self.cfg.ema)
+        self.step += 1
+        return rec.detach(), bott.detach()
+
+
+def _check(cfg: PretrainConfig) -> None:
+    if cfg.crop % cfg.scale:
+        raise CLIError(f"--crop {cfg.crop} is not a multiple of --scale {cfg.scale}.")
+    if cfg.scale not in (2, 4):
+        raise CLIError(f"--scale must be 4 or 2, got {cfg.scale}.")
+    if cfg.steps < 1 or cfg.batch_size < 1:
+        raise CLIError("--steps and --batch-size must be positive.")
+    if cfg.amp not in ("none", "bf16", "fp16"):
+        raise CLIError(f"--amp must be none, bf16 or fp16, got {cfg.amp}.")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise CLIError(f"--ema must be in [0, 1), got {cfg.ema}.")
+
+
+def train(cfg: PretrainConfig) -> Path:
+    """Run (or resume) AE pretraining and return the output model folder.
+
+    Args:
+        cfg: The run's settings.
+
+    Returns:
+        ``cfg.out``, a model folder holding the EMA weights.
+
+    Raises:
+        CLIError: Bad settings, data errors, or a resume folder of another configuration.
+    """
+    _check(cfg)
+    env = _setup_distributed(cfg.device)
+    cfg.world_size = env.world
+    try:
+        return _train(cfg, env)
+    finally:
+        if env.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: PretrainConfig, env: _Dist) -> Path:
+    if not env.main:
+        logging.getLogger("aesop_loss").setLevel(logging.WARNING)
+    try:
+        images = prepare_data(cfg.data, scale=cfg.scale, data_dir=cfg.data_dir)
+        val_paths = prepare_validation(cfg.val, cfg.data, data_dir=cfg.data_dir)
+    except DataError as exc:
+        raise CLIError(str(exc)) from exc
+    out = Path(cfg.out)
+    run = _Run(cfg, env)
+    if cfg.resume:
+        run.load()
+    elif (out / "checkpoints" / "last.pt").exists():
+        raise CLIError(f"{out} already holds a run; pass --resume to continue it, or choose another --out.")
+    if run.step >= cfg.steps:
+        logger.info("nothing to do: step %d >= --steps %d", run.step, cfg.steps)
+        return out
+
+    cpi = math.gcd(cfg.crops_per_image, cfg.batch_size)
+    per_step = cfg.batch_size // cpi  # dataset items per process per step
+    try:
+        dataset = CropDataset(
+            images,
+            crop=cfg.crop,
+            scale=cfg.scale,
+            seed=cfg.seed,
+            crops_per_image=cpi,
+            cache_dir=Path(cfg.data_dir or out) / ".decoded",
+        )
+    except DataError as exc:
+        raise CLIError(str(exc)) from exc
+    loader = DataLoader(
+        dataset,
+        batch_size=per_step,
+        sampler=SampleStream(start=run.step * per_step * env.world, rank=env.rank, world=env.world),
+        num_workers=cfg.workers,
+        collate_fn=collate_crops,
+        pin_memory=env.device.type == "cuda",
+        persistent_workers=cfg.workers > 0,
+        prefetch_factor=4 if cfg.workers > 0 else None,
+    )
+    val_set = _validation_set(val_paths, cfg.scale) if env.main else []
+    metrics_file = out / "metrics.jsonl"
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=cfg.steps, initial=run.step, desc="pretrain", disable=not env.main, dynamic_ncols=True)
+    sums = torch.zeros(2, device=env.device)
+    window, t0 = 0, time.perf_counter()
+    batches = iter(loader)
+    try:
+        with _sigterm_as_interrupt():
+            while run.step < cfg.steps:
+                hr, lr = next(batches)
+                rec, bott = run.train_step(hr, lr)
+                sums += torch.stack((rec, bott))
+                window += 1
+                bar.update(1)
+                if run.step % cfg.log_every == 0 or run.step == cfg.steps:
+                    rec_m, bott_m = (sums / window).tolist()  # the only host sync, once per log window
+                    dt = time.perf_counter() - t0
+                    imgs = window * cfg.batch_size * env.world / dt
+                    bar.set_postfix(rec=f"{rec_m:.4f}", bott=f"{bott_m:.4f}", img_s=f"{imgs:.1f}")
+                    record = {
+                        "step": run.step,
+                        "loss_rec": rec_m,
+                        "loss_bottleneck": bott_m,
+                        "steps_per_s": window / dt,
+                        "images_per_s": imgs,
+                    }
+                    if env.main:
+                        with open(metrics_file, "a", encoding="utf-8") as fh:
+                            fh.write(json.dumps(record) + "\n")
+                    sums.zero_()
+                    window, t0 = 0, time.perf_counter()
+                if val_set and (run.step % cfg.val_every == 0 or run.step == cfg.steps):
+                    run.best = _validate(run.ema, val_set, env.device)
+                    logger.info(
+                        "step %d: %s", run.step, ", ".join(f"{k} {v:.2f} dB" for k, v in run.best.items())
+                    )
+                    with open(metrics_file, "a", encoding="utf-8") as fh:
+                        fh.write(json.dumps({"step": run.step, **run.best}) + "\n")
+                if run.step % cfg.save_every == 0 or run.step == cfg.steps:
+                    run.save()
+    except KeyboardInterrupt:
+        bar.close()
+        run.save()
+        logger.info("interrupted at step %d; saved %s (continue with --resume)", run.step, run.ckpt)
+        raise
+    bar.close()
+    if cfg.push_to_hub and env.main:
+        logger.info("pushed: %s", push_folder_to_hub(out, cfg.push_to_hub))
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m aesop_loss.pretrain",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d = PretrainConfig(data="", out=Path())
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data", required=True, help="DIV2K, Flickr2K, DF2K, a folder of HR images, or HR_DIR:LR_DIR"
+    )
+    g.add_argument("--data-dir", help="download/cache folder (default ~/.cache/aesop-loss/datasets)")
+    g.add_argument(
+        "--val",
+        help="folder of validation HR images, or 'none' (default: 10 DIV2K val images for named datasets)",
+    )
+    g.add_argument("--crop", type=int, default=d.crop, help=f"HR crop size (default {d.crop})")
+    g.add_argument(
+        "--workers", type=int, default=min(d.workers, os.cpu_count() or 1), help="DataLoader workers"
+    )
+    g.add_argument(
+        "--crops-per-image", type=int, default=d.crops_per_image, help="crops taken per image read"
+    )
+    g = p.add_argument_group("model (mirrors AutoEncoder's constructor)")
+    g.add_argument("--num-feat", type=int, default=d.num_feat)
+    g.add_argument("--num-block", type=int, default=d.num_block)
+    g.add_argument("--num-grow-ch", type=int, default=d.num_grow_ch)
+    g.add_argument("--scale", type=int, default=d.scale, choices=(2, 4))
+    g.add_argument("--encoder", default=d.encoder, choices=("learned", "bicubic"))
+    g.add_argument(
+        "--decoder-init", help="PSNR-oriented generator for the decoder (path or Hub id, any ESRGAN layout)"
+    )
+    g.add_argument(
+        "--freeze-decoder-steps",
+        type=int,
+        default=d.freeze_decoder_steps,
+        help="keep the decoder frozen this many steps (-1: always)",
+    )
+    g = p.add_argument_group("optimisation (defaults: the paper)")
+    g.add_argument("--steps", type=int, default=d.steps)
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--ema", type=float, default=d.ema)
+    g.add_argument("--bottleneck-weight", type=float, default=d.bottleneck_weight)
+    g.add_argument("--seed", type=int, default=d.seed)
+    g = p.add_argument_group("hardware")
+    g.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
+    g.add_argument("--amp", default=d.amp, choices=("none", "bf16", "fp16"))
+    g.add_argument("--compile", action="store_true", help="torch.compile the AE")
+    g = p.add_argument_group("output")
+    g.add_argument(
+        "--out", type=Path, required=True, help="run folder; a loadable model folder after the first save"
+    )
+    g.add_argument("--save-every", type=int, default=d.save_every)
+    g.add_argument("--val-every", type=int, default=d.val_every)
+    g.add_argument("--log-every", type=int, default=d.log_every)
+    g.add_argument("--resume", action="store_true", help="continue the run in --out")
+    g.add_argument("--push-to-hub", metavar="REPO_ID", help="publish the final folder")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+    cfg = PretrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    cfg.command = "python -m aesop_loss.pretrain " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    train(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,276 @@
+from __future__ import annotations
+
+import io
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from aesop_loss import data as data_mod
+from aesop_loss.data import (
+    CropDataset,
+    DataError,
+    ImageSet,
+    RemoteArchive,
+    _bicubic_lr,
+    fetch_archive,
+    list_images,
+    load_image,
+    prepare_data,
+)
+from aesop_loss.resize import imresize
+from conftest import FIXTURES, IMAGES
+
+
+@pytest.mark.parametrize(
+    ("key", "src", "scale"),
+    [
+        ("random_down_x2", "random_chw", 1 / 2),
+        ("random_down_x3", "random_chw", 1 / 3),
+        ("random_down_x4", "random_chw", 1 / 4),
+        ("astronaut_down_x2", "astronaut_crop_chw", 1 / 2),
+        ("astronaut_down_x4", "astronaut_crop_chw", 1 / 4),
+        ("random_up_x4", "random_chw", 4),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_imresize_matches_matlab(key, src, scale, dtype):
+    ref = load_file(FIXTURES / "matlab_imresize.safetensors")
+    x = ref[src][:, :9, :13] if key == "random_up_x4" else ref[src]
+    out = imresize(x.to(dtype), scale)
+    assert out.shape == ref[key].shape
+    tol = 1e-6 if dtype == torch.float64 else 1e-5
+    assert float((out.double() - ref[key]).abs().max()) <= tol
+
+
+def test_imresize_batched_and_differentiable():
+    x = torch.rand(2, 3, 16, 16, requires_grad=True)
+    out = imresize(x, 0.25)
+    assert out.shape == (2, 3, 4, 4)
+    out.sum().backward()
+    assert x.grad is not None
+    assert torch.allclose(out[1], imresize(x[1].detach(), 0.25))
+
+
+def test_astronaut_fixture_crop_is_the_shared_image():
+    img = load_image(IMAGES / "astronaut.png").double() / 255
+    ref = load_file(FIXTURES / "matlab_imresize.safetensors")["astronaut_crop_chw"]
+    assert torch.allclose(img[:, 100:196, 150:278], ref)
+
+
+@pytest.mark.parametrize(("top", "left"), [(0, 0), (100, 200), (448, 448), (4, 8)])
+def test_crop_lr_equals_full_image_lr(top, left):
+    img = load_image(IMAGES / "astronaut.png")
+    full = (imresize(img.double() / 255, 1 / 4).clamp(0, 1) * 255).round().to(torch.uint8)
+    lr = _bicubic_lr(img, top, left, 64, 4)
+    assert torch.equal(lr, full[:, top // 4 : top // 4 + 16, left // 4 : left // 4 + 16])
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "LA", "I;16", "CMYK"])
+def test_load_image_any_mode(tmp_path, mode):
+    img = Image.open(IMAGES / "chelsea.png").convert(mode)
+    path = tmp_path / ("x.tif" if mode == "CMYK" else "x.png")
+    img.save(path)
+    out = load_image(path)
+    assert out.shape == (3, 300, 451)
+    assert out.dtype == torch.uint8
+
+
+def test_jpeg_and_webp(tmp_path):
+    assert load_image(IMAGES / "rocket.jpg").shape == (3, 427, 640)
+    Image.open(IMAGES / "coffee.png").save(tmp_path / "c.webp")
+    assert load_image(tmp_path / "c.webp").shape == (3, 400, 600)
+
+
+def test_crops_are_aligned_deterministic_and_augmented():
+    images = ImageSet(list_images(IMAGES))
+    ds = CropDataset(images, crop=32, scale=4, seed=3, crops_per_image=2)
+    hr, lr = ds[5]
+    assert hr.shape == (2, 3, 32, 32)
+    assert lr.shape == (2, 3, 8, 8)
+    again = CropDataset(images, crop=32, scale=4, seed=3, crops_per_image=2)[5]
+    assert torch.equal(hr, again[0])
+    assert torch.equal(lr, again[1])
+    # LR is the MATLAB bicubic of HR (up to the 8-bit rounding and border context)
+    inner = imresize(hr.double() / 255, 0.25)[..., 1:-1, 1:-1]
+    assert float((inner - lr.double()[..., 1:-1, 1:-1] / 255).abs().max()) < 0.02
+    # every image is visited once per epoch
+    assert sorted(ds.image_index(g) for g in range(len(ds))) == list(range(len(ds)))
+
+
+def test_paired_lr_folder(tmp_path):
+    hr_dir, lr_dir = tmp_path / "hr", tmp_path / "lr"
+    hr_dir.mkdir()
+    lr_dir.mkdir()
+    img = load_image(IMAGES / "coffee.png")[:, :64, :64].contiguous()
+    Image.fromarray(img.permute(1, 2, 0).numpy()).save(hr_dir / "0001.png")
+    lr = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8)  # paired LR is used as given
+    Image.fromarray(lr.permute(1, 2, 0).numpy()).save(lr_dir / "0001x4.png")
+    images = prepare_data(f"{hr_dir}:{lr_dir}", scale=4)
+    assert images.lr == [lr_dir / "0001x4.png"]
+    hr_c, lr_c = CropDataset(images, crop=64, scale=4, seed=0, augment=False)[0]
+    assert torch.equal(hr_c[0], img)
+    assert torch.equal(lr_c[0], lr)
+
+
+def test_bad_files_are_skipped_with_one_warning_each(tmp_path):
+    (tmp_path / "notes.png").write_text("not an image")
+    (tmp_path / "tiny.png").write_bytes((IMAGES / "brick.png").read_bytes())
+    Image.new("RGB", (8, 8)).save(tmp_path / "small.png")
+    with pytest.warns(UserWarning, match="skipping") as record:
+        ds = CropDataset(ImageSet(list_images(tmp_path)), crop=32, scale=4, seed=0)
+    messages = [str(w.message) for w in record]
+    assert any("notes.png: not a readable image" in m for m in messages)
+    assert any("small.png: 8x8 is smaller than the 32px crop" in m for m in messages)
+    assert len(ds) == 1
+
+
+def test_truncated_image_is_skipped_at_decode(tmp_path):
+    data = (IMAGES / "gravel.png").read_bytes()
+    (tmp_path / "a.png").write_bytes(data[: len(data) // 3])
+    (tmp_path / "b.png").write_bytes((IMAGES / "grass.png").read_bytes())
+    ds = CropDataset(ImageSet(list_images(tmp_path)), crop=32, scale=4, seed=0, ram_budget_bytes=0)
+    with pytest.warns(UserWarning, match="cannot be decoded"):
+        items = [ds[g] for g in range(4)]
+    assert all(hr.shape == (1, 3, 32, 32) for hr, _ in items)
+
+
+def test_decoded_disk_cache(tmp_path):
+    ds = CropDataset(
+        ImageSet(list_images(IMAGES)[:2]), crop=32, scale=4, seed=0, cache_dir=tmp_path, ram_budget_bytes=0
+    )
+    first = ds[0]
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+    assert torch.equal(ds[0][0], first[0])
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [("/no/such/folder", "neither a dataset name"), ("EMPTY", "holds no images")],
+)
+def test_missing_or_empty_data(tmp_path, data, needle):
+    if data == "EMPTY":
+        data = str(tmp_path)
+    with pytest.raises(DataError, match=needle):
+        prepare_data(data, scale=4)
+
+
+# --- downloads against a loopback server -------------------------------------------------------------
+
+
+def _zip_of_images(n: int) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(n):
+            img = io.BytesIO()
+            Image.new("RGB", (40, 40), (i * 40, 0, 0)).save(img, "PNG")
+            zf.writestr(f"Set_HR/{i:04d}.png", img.getvalue())
+    return buf.getvalue()
+
+
+class _Server:
+    def __init__(self, files: dict[str, bytes], cut_first_at: int | None = None) -> None:
+        self.files, self.cut, self.requests = files, cut_first_at, []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                name = self.path.rsplit("/", 1)[1]
+                outer.requests.append((name, self.headers.get("Range")))
+                if name not in outer.files:
+                    self.send_error(404)
+                    return
+                body = outer.files[name]
+                start = (
+                    int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
+                )
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                if outer.cut is not None:
+                    self.wfile.write(body[start : outer.cut])
+                    outer.cut = None
+                    self.wfile.flush()
+                    self.connection.close()
+                    return
+                self.wfile.write(body[start:])
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_download_resumes_verifies_and_extracts_once(tmp_path, monkeypatch):
+    archive = _zip_of_images(3)
+    server = _Server({"Set_HR.zip": archive}, cut_first_at=len(archive) // 2)
+    monkeypatch.setenv(data_mod.MIRROR_ENV, server.url)
+    item = RemoteArchive("https://example.org/data/Set_HR.zip", "Set_HR", 3)
+    try:
+        with pytest.raises(DataError, match="partial file kept"):
+            fetch_archive(item, tmp_path)
+        part = tmp_path / "archives" / "Set_HR.zip.part"
+        assert 0 < part.stat().st_size < len(archive)
+        folder = fetch_archive(item, tmp_path)  # resumes with a Range request
+        assert server.requests[-1] == ("Set_HR.zip", f"bytes={len(archive) // 2}-")
+        assert len(list_images(folder)) == 3
+        n = len(server.requests)
+        assert fetch_archive(item, tmp_path) == folder  # extracted once, reused
+        assert len(server.requests) == n
+        with pytest.raises(DataError, match="expected 5 images"):
+            fetch_archive(
+                RemoteArchive("https://example.org/data/Set_HR.zip", "Set_HR", 5), tmp_path / "again"
+            )
+        with pytest.raises(DataError, match=r"download of .* failed"):
+            fetch_archive(RemoteArchive("https://example.org/x/Nope.zip", "Nope", 1), tmp_path)
+    finally:
+        server.close()
+
+
+def test_named_dataset_through_mirror(tmp_path, monkeypatch):
+    hr_zip, lr_zip, val_zip = _zip_of_images(2), io.BytesIO(), _zip_of_images(1)
+    with zipfile.ZipFile(lr_zip, "w") as zf:
+        for i in range(2):
+            img = io.BytesIO()
+            Image.new("RGB", (10, 10)).save(img, "PNG")
+            zf.writestr(f"LR/X4/{i:04d}x4.png", img.getvalue())
+    server = _Server({"hr.zip": hr_zip, "lr.zip": lr_zip.getvalue(), "val.zip": val_zip})
+    monkeypatch.setenv(data_mod.MIRROR_ENV, server.url)
+    monkeypatch.setitem(
+        data_mod.DATASETS,
+        "DIV2K",
+        {
+            "hr": RemoteArchive("https://x/hr.zip", "Set_HR", 2),
+            "lr_x4": RemoteArchive("https://x/lr.zip", "LR/X4", 2),
+            "val": RemoteArchive("https://x/val.zip", "Set_HR", 1),
+        },
+    )
+    try:
+        images = prepare_data("div2k", scale=4, data_dir=tmp_path)
+        assert len(images.hr) == 2
+        assert images.lr is not None
+        assert [p.name for p in images.lr] == ["0000x4.png", "0001x4.png"]
+        assert len(data_mod.prepare_validation(None, "DIV2K", data_dir=tmp_path / "v")) == 1
+    finally:
+        server.close()
+
+
+def test_corrupt_archive_is_deleted(tmp_path, monkeypatch):
+    server = _Server({"bad.zip": b"PK\x03\x04 this is not a zip"})
+    monkeypatch.setenv(data_mod.MIRROR_ENV, server.url)
+    try:
+        with pytest.raises(DataError, match="not a valid archive"):
+            fetch_archive(RemoteArchive("https://x/bad.zip", "bad", 1), tmp_path)
+        assert not (tmp_path / "archives" / "bad.zip").exists()
+    finally:
+        server.close()
