@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import AE_CKPT, OFFICIAL, RRDB_CKPT, rel_err
 
 from aesop_loss import AutoEncoder, CheckpointError, RRDBNet
 from aesop_loss.checkpoints import canonicalize_autoencoder, read_state_dict
+
+from conftest import AE_CKPT, OFFICIAL, RRDB_CKPT, rel_err
 
 TINY = {"num_feat": 16, "num_block": 1, "num_grow_ch": 8}
 

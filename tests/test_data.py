@@ -23,6 +23,7 @@ from aesop_loss.data import (
     prepare_data,
 )
 from aesop_loss.resize import imresize
+
 from conftest import FIXTURES, IMAGES
 
 

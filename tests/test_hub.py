@@ -8,14 +8,15 @@ import textwrap
 
 import pytest
 import torch
-from hubserver import COMMIT, serve_hub
 
 from aesop_loss import AESOPLoss, AutoEncoder, CheckpointError, RRDBNet
 from aesop_loss._cli import run_cli
 from aesop_loss._io import sha256_file
 from aesop_loss.checkpoints import canonicalize_rrdbnet
 from aesop_loss.convert import main as convert_main
+
 from conftest import AE_CKPT, rel_err
+from hubserver import COMMIT, serve_hub
 
 TINY = {"num_feat": 16, "num_block": 2, "num_grow_ch": 8}
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from aesop_loss import AESOPLoss, AutoEncoder
+
 from conftest import AE_CKPT, rel_err
 
 

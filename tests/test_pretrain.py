@@ -14,6 +14,7 @@ from aesop_loss import AESOPLoss, AutoEncoder
 from aesop_loss import pretrain as pretrain_mod
 from aesop_loss._cli import run_cli
 from aesop_loss.pretrain import main
+
 from conftest import IMAGES
 
 TINY = ["--num-feat", "16", "--num-block", "1", "--num-grow-ch", "8", "--crop", "32", "--workers", "0"]
