@@ -262,6 +262,9 @@ def test_named_dataset_through_mirror(tmp_path, monkeypatch):
         assert images.lr is not None
         assert [p.name for p in images.lr] == ["0000x4.png", "0001x4.png"]
         assert len(data_mod.prepare_validation(None, "DIV2K", data_dir=tmp_path / "v")) == 1
+        assert len(data_mod.prepare_validation("DIV2K", "./photos", data_dir=tmp_path / "v")) == 1
+        assert data_mod.prepare_validation(None, "./photos", data_dir=tmp_path) == []
+        assert data_mod.prepare_validation("none", "DIV2K", data_dir=tmp_path) == []
     finally:
         server.close()
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import pytest
@@ -149,6 +150,8 @@ def test_invalid_options():
         AESOPLoss(ae, criterion="l3")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="reduction"):
         AESOPLoss(ae, reduction="avg")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="precision"):
+        AESOPLoss(ae, precision="int8")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="space='ae'"):
         AESOPLoss(ae, space="bottleneck", as_loss_map=True)
     with pytest.raises(TypeError, match="AutoEncoder"):
@@ -212,21 +215,97 @@ def test_weight_shape_checked():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_autocast(device, dtype, reference_ae, ae_golden):
-    loss_fn = AESOPLoss(reference_ae).to(device)
+def test_caller_autocast_with_default_fp32_is_exact(device, dtype, reference_ae, ae_golden):
+    loss_fn = AESOPLoss(reference_ae).to(device)  # precision="fp32": the AE ignores outer autocast
     sr = ae_golden["sr"].to(device).requires_grad_()
     with torch.autocast(device.type, dtype=dtype):
+        loss = loss_fn(sr, ae_golden["gt"].to(device))
+    loss.backward()
+    assert rel_err(loss.detach().reshape(1), ae_golden["loss_l1"]) <= 1e-5
+    assert rel_err(sr.grad, ae_golden["grad_l1"]) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("how", ["auto-under-autocast", "precision-option"])
+def test_reduced_precision(device, dtype, how, reference_ae, ae_golden):
+    name = "bf16" if dtype == torch.bfloat16 else "fp16"
+    loss_fn = AESOPLoss(reference_ae, precision="auto" if how.startswith("auto") else name).to(device)
+    sr = ae_golden["sr"].to(device).requires_grad_()
+    ctx = torch.autocast(device.type, dtype=dtype) if how.startswith("auto") else contextlib.nullcontext()
+    with ctx:
         loss = loss_fn(sr, ae_golden["gt"].to(device))
     loss.backward()
     assert loss.dtype == torch.float32
     assert sr.grad is not None
     assert sr.grad.dtype == torch.float32
     assert torch.isfinite(sr.grad).all()
-    assert float(loss) == pytest.approx(float(ae_golden["loss_l1"]), rel=0.05)
+    assert loss.item() == pytest.approx(float(ae_golden["loss_l1"]), rel=0.05)
+    assert loss.item() != float(ae_golden["loss_l1"])  # it really ran in reduced precision
     cos = torch.nn.functional.cosine_similarity(
         sr.grad.flatten().cpu(), ae_golden["grad_l1"].flatten(), dim=0
     )
     assert cos > 0.9
+
+
+@pytest.mark.parametrize(
+    "option",
+    [{"channels_last": True}, {"memory_efficient": True}, {"precision": "tf32"}],
+    ids=["channels_last", "memory_efficient", "tf32"],
+)
+@pytest.mark.parametrize("space", ["ae", "bottleneck"])
+def test_speed_and_memory_options_give_the_same_numbers(device, option, space, ae_golden):
+    from aesop_loss import AutoEncoder
+
+    plain = AESOPLoss(AutoEncoder.from_pretrained(AE_CKPT), space=space).to(device)
+    tol = 1e-3 if option.get("precision") == "tf32" and device.type == "cuda" else 1e-4
+    fancy = AESOPLoss(AutoEncoder.from_pretrained(AE_CKPT), space=space, **option).to(device)
+    grads = []
+    for fn in (plain, fancy):
+        sr = ae_golden["sr"].to(device).requires_grad_()
+        loss = fn(sr, ae_golden["gt"].to(device))
+        loss.backward()
+        grads.append((loss.detach(), sr.grad))
+    assert rel_err(grads[1][0].reshape(1), grads[0][0].reshape(1)) <= tol
+    assert rel_err(grads[1][1], grads[0][1]) <= tol
+
+
+def test_memory_efficient_stores_less_for_backward():
+    def saved_bytes(memory_efficient: bool) -> int:
+        torch.manual_seed(0)
+        fn = AESOPLoss(_pretrained_tiny_deep(), memory_efficient=memory_efficient)
+        storages: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        sr = torch.rand(1, 3, 32, 32, requires_grad=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn(sr, torch.rand(1, 3, 32, 32))
+        return sum(storages.values())
+
+    assert saved_bytes(True) < 0.5 * saved_bytes(False)
+
+
+def _pretrained_tiny_deep() -> AutoEncoder:
+    ae = AutoEncoder(num_feat=16, num_block=4, num_grow_ch=8)
+    ae.is_pretrained = True
+    return ae
+
+
+@pytest.mark.parametrize(
+    "backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.cuda)], ids=["aot_eager", "inductor"]
+)
+def test_compile_gives_the_same_numbers(device, backend, ae_golden):
+    if backend == "inductor" and device.type == "cpu":
+        pytest.skip("inductor on CPU compiles for minutes; checked on CUDA")
+    loss_fn = AESOPLoss(AE_CKPT, compile=backend).to(device)
+    sr = ae_golden["sr"].to(device).requires_grad_()
+    loss = loss_fn(sr, ae_golden["gt"].to(device))
+    loss.backward()
+    assert rel_err(loss.detach().reshape(1), ae_golden["loss_l1"]) <= 1e-4
+    assert rel_err(sr.grad, ae_golden["grad_l1"]) <= 1e-4
+    assert sorted(loss_fn.state_dict()) == []  # the compiled wrapper adds nothing to the state dict
 
 
 def test_low_precision_inputs_follow_ae_dtype(reference_ae, ae_golden):

@@ -270,19 +270,21 @@ def prepare_data(data: str, *, scale: int, data_dir: str | os.PathLike[str] | No
 def prepare_validation(
     val: str | None, data: str, *, data_dir: str | os.PathLike[str] | None, count: int = 10
 ) -> list[Path]:
-    """Validation HR images: ``--val`` folder, ``none``, or (for named datasets) DIV2K's first ``count``."""
-    if val is not None and val.lower() == "none":
+    """Validation HR images for ``--val``.
+
+    ``None`` means DIV2K's first ``count`` validation images when ``data`` is a dataset name (none
+    for a folder); ``"none"`` means no validation; ``"DIV2K"`` asks for DIV2K's explicitly; anything
+    else is a folder of images.
+    """
+    is_name = data.upper() in {n.upper() for n in DATASET_NAMES} and not Path(data).exists()
+    if val is None:
+        val = "DIV2K" if is_name else "none"
+    if val.lower() == "none":
         return []
-    if val is not None:
-        return (
-            list_images(val)[:count]
-            if val.upper() == "DIV2K" and not Path(val).exists()
-            else list_images(val)
-        )
-    if data.upper() in {n.upper() for n in DATASET_NAMES} and not Path(data).exists():
+    if val.upper() == "DIV2K" and not Path(val).exists():
         root = Path(data_dir).expanduser() if data_dir else _default_data_dir()
         return list_images(fetch_archive(DATASETS["DIV2K"]["val"], root / "DIV2K"))[:count]
-    return []
+    return list_images(val)
 
 
 # --- crops ----------------------------------------------------------------------------------------

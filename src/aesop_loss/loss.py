@@ -8,9 +8,10 @@ the LR image cannot determine, which a plain L1 loss blurs away.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
@@ -18,9 +19,10 @@ from torch import Tensor, nn
 
 from .archs import AutoEncoder
 
-__all__ = ["AESOPLoss", "Criterion", "Reduction", "Space"]
+__all__ = ["AESOPLoss", "Criterion", "Precision", "Reduction", "Space"]
 
 Criterion = Literal["l1", "l2", "charbonnier"]
+Precision = Literal["fp32", "tf32", "bf16", "fp16", "auto"]
 Reduction = Literal["mean", "sum", "none"]
 Space = Literal["ae", "bottleneck"]
 
@@ -74,6 +76,20 @@ class AESOPLoss(nn.Module):
         eps: Charbonnier's epsilon.
         check_values: Also reject NaN/Inf inputs and values far outside [0, 1]. Off by default
             because the checks synchronise with the GPU on every call.
+        precision: Arithmetic of the AE passes. ``"fp32"`` (default) runs them in true fp32 even
+            inside the caller's ``torch.autocast`` and with TF32 convolutions switched off on CUDA
+            (the reference's numbers); ``"tf32"`` allows TF32 convolutions on Ampere+ GPUs;
+            ``"bf16"`` / ``"fp16"`` run them under autocast of that type; ``"auto"`` follows the
+            caller's autocast and TF32 settings. Distances are always accumulated in fp32.
+        channels_last: Run the AE in channels-last memory format (converts the AE's weights in
+            place). Measured 10-14% faster than NCHW on a CPU and the format GPU tensor cores want;
+            off by default because its different summation order moves results by ~1e-5 relative
+            from the reference's.
+        memory_efficient: Recompute the RRDB activations of the SR pass during backward instead
+            of storing them (activation checkpointing): much less memory, about one more AE
+            forward of compute.
+        compile: ``torch.compile`` the AE passes: ``True`` for the default (inductor) backend, or
+            a backend name (``"aot_eager"``, ``"cudagraphs"`` ...). The first call compiles.
 
     Examples:
         >>> import torch
@@ -91,6 +107,8 @@ class AESOPLoss(nn.Module):
         0.0
     """
 
+    _net: Callable[[Tensor], Tensor]  # the AE (or encoder) pass, compiled or not
+
     def __init__(
         self,
         ae: AutoEncoder | str | os.PathLike[str],
@@ -102,6 +120,10 @@ class AESOPLoss(nn.Module):
         as_loss_map: bool = False,
         eps: float = 1e-12,
         check_values: bool = False,
+        precision: Precision = "fp32",
+        channels_last: bool = False,
+        memory_efficient: bool = False,
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
         if criterion not in ("l1", "l2", "charbonnier"):
@@ -110,6 +132,10 @@ class AESOPLoss(nn.Module):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
         if space not in ("ae", "bottleneck"):
             raise ValueError(f"space must be 'ae' or 'bottleneck', got {space!r}.")
+        if precision not in ("fp32", "tf32", "bf16", "fp16", "auto"):
+            raise ValueError(
+                f"precision must be 'fp32', 'tf32', 'bf16', 'fp16' or 'auto', got {precision!r}."
+            )
         if as_loss_map and space == "bottleneck":
             raise ValueError("as_loss_map weights the pixel loss by the AE-space error; use space='ae'.")
         if isinstance(ae, (str, os.PathLike)):
@@ -132,14 +158,25 @@ class AESOPLoss(nn.Module):
         self.as_loss_map = as_loss_map
         self.eps = eps
         self.check_values = check_values
+        self.precision: Precision = precision
+        self.channels_last = channels_last
+        self.memory_efficient = memory_efficient
         self._distance = _distance(criterion, eps)
+        if channels_last:  # converts the AE's weights in place (the loss owns its frozen AE)
+            self.ae.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        net: nn.Module = self.ae.encoder if space == "bottleneck" else self.ae
+        # kept outside the module tree: the compiled wrapper shares the AE's parameters
+        if compile:
+            net = torch.compile(net, backend=compile if isinstance(compile, str) else "inductor")  # type: ignore[assignment]
+        object.__setattr__(self, "_net", net)
         self.register_state_dict_post_hook(_drop_ae_from_state_dict)
         self.register_load_state_dict_pre_hook(_keep_ae_on_load)
 
     def extra_repr(self) -> str:
         return (
             f"criterion={self.criterion!r}, loss_weight={self.loss_weight}, "
-            f"reduction={self.reduction!r}, space={self.space!r}, as_loss_map={self.as_loss_map}"
+            f"reduction={self.reduction!r}, space={self.space!r}, as_loss_map={self.as_loss_map}, "
+            f"precision={self.precision!r}"
         )
 
     def train(self, mode: bool = True) -> AESOPLoss:
@@ -153,7 +190,34 @@ class AESOPLoss(nn.Module):
         return self.ae.scale
 
     def _embed(self, x: Tensor) -> Tensor:
-        return self.ae.encode(x) if self.space == "bottleneck" else self.ae(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self._net(x)
+
+    @contextlib.contextmanager
+    def _checkpointing(self) -> Iterator[None]:
+        """Activation checkpointing for the SR pass only, leaving the AE's own setting as it was."""
+        if not self.memory_efficient:
+            yield
+            return
+        previous = self.ae.gradient_checkpointing
+        self.ae.gradient_checkpointing = True
+        try:
+            yield
+        finally:
+            self.ae.gradient_checkpointing = previous
+
+    def _precision(self, device_type: str) -> contextlib.AbstractContextManager[object]:
+        if self.precision == "auto":
+            return contextlib.nullcontext()
+        if self.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            return torch.autocast(device_type, dtype=dtype)
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.autocast(device_type, enabled=False))
+        if device_type == "cuda":
+            stack.enter_context(_cudnn_tf32(self.precision == "tf32"))
+        return stack
 
     def forward(self, sr: Tensor, hr: Tensor, weight: Tensor | None = None) -> Tensor:
         """Compute the loss.
@@ -172,11 +236,13 @@ class AESOPLoss(nn.Module):
         param = next(self.ae.parameters())
         self._validate(sr, hr, param)
         device_type = sr.device.type
-        if not torch.is_autocast_enabled(device_type) and sr.dtype != param.dtype:
-            sr, hr = sr.to(param.dtype), hr.to(param.dtype)
-        with torch.no_grad():
-            target = self._embed(hr.detach())
-        pred = self._embed(sr)
+        with self._precision(device_type):
+            if not torch.is_autocast_enabled(device_type) and sr.dtype != param.dtype:
+                sr, hr = sr.to(param.dtype), hr.to(param.dtype)
+            with torch.no_grad():
+                target = self._embed(hr.detach())
+            with self._checkpointing():
+                pred = self._embed(sr)
         # Distances accumulate in at least fp32, also when the AE ran under autocast.
         acc = torch.promote_types(pred.dtype, torch.float32)
         if self.as_loss_map:
@@ -240,6 +306,16 @@ class AESOPLoss(nn.Module):
                         f"AESOPLoss: {name} values span [{lo:.3g}, {hi:.3g}], expected [0, 1]; "
                         "scale [0, 255] images by 1/255 and [-1, 1] images by (x + 1) / 2."
                     )
+
+
+@contextlib.contextmanager
+def _cudnn_tf32(allow: bool) -> Iterator[None]:
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous
 
 
 def _check_weight(weight: Tensor, dist: Tensor) -> None:

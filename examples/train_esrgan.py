@@ -1,0 +1,283 @@
+"""The paper's recipe in one file: ESRGAN training with AESOP in place of the pixel loss.
+
+    L_G = 1.0 * AESOP(G(lr), hr) + 1.0 * VGG19 perceptual + 5e-3 * relativistic average GAN
+
+Generator: RRDBNet (optionally initialised from a PSNR-oriented checkpoint with --init, as the
+paper does). Discriminator: VGG-style. EMA generator (0.999), AMP, periodic validation (PSNR,
+AE-PSNR, LR-PSNR on held-out images), sample grids and checkpoints in --out.
+
+The perceptual loss needs torchvision and its ImageNet VGG19 weights (in the torch hub cache, or
+downloadable); without them the run says so and continues without it, unless --require-perceptual.
+
+    python examples/train_esrgan.py --data DIV2K --ae ./aesop-ae-x4 --init RRDB_PSNR_x4.pth --out runs/esrgan
+    python examples/train_esrgan.py --smoke          # a few steps on the bundled images (CPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from aesop_loss import AESOPLoss, AutoEncoder, RRDBNet
+from aesop_loss._cli import CLIError, run_cli
+from aesop_loss._io import atomic_path
+from aesop_loss.data import CropDataset, SampleStream, collate_crops, list_images, load_image, prepare_data
+from aesop_loss.metrics import ae_psnr, lr_psnr, psnr
+from aesop_loss.resize import imresize
+
+HERE = Path(__file__).parent
+logger = logging.getLogger("train_esrgan")
+
+
+class VGGStyleDiscriminator(nn.Module):
+    """ESRGAN's VGG-style discriminator; adaptive pooling lets it take any crop of 32 px or more."""
+
+    def __init__(self, num_in_ch: int = 3, num_feat: int = 64) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(num_in_ch, num_feat, 3, 1, 1), nn.LeakyReLU(0.2, True)]
+        ch = num_feat
+        for i, out in enumerate((num_feat, num_feat * 2, num_feat * 4, num_feat * 8, num_feat * 8)):
+            if i:
+                layers += [
+                    nn.Conv2d(ch, out, 3, 1, 1, bias=False),
+                    nn.BatchNorm2d(out),
+                    nn.LeakyReLU(0.2, True),
+                ]
+            layers += [nn.Conv2d(out, out, 4, 2, 1, bias=False), nn.BatchNorm2d(out), nn.LeakyReLU(0.2, True)]
+            ch = out
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(ch * 16, 100), nn.LeakyReLU(0.2, True), nn.Linear(100, 1)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+class VGGPerceptualLoss(nn.Module):
+    """L1 between VGG19 conv5_4 features (before ReLU) of ImageNet-normalised images (ESRGAN's)."""
+
+    def __init__(self, features: nn.Module) -> None:
+        super().__init__()
+        self.features = features.requires_grad_(False).eval()
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def train(self, mode: bool = True) -> VGGPerceptualLoss:
+        super().train(mode)
+        self.features.eval()
+        return self
+
+    def forward(self, sr: Tensor, hr: Tensor) -> Tensor:
+        with torch.no_grad():
+            target = self.features((hr - self.mean) / self.std)
+        return F.l1_loss(self.features((sr - self.mean) / self.std).float(), target.float())
+
+
+def load_perceptual(required: bool) -> VGGPerceptualLoss | None:
+    try:
+        from torchvision.models import VGG19_Weights, vgg19
+
+        vgg = vgg19(weights=VGG19_Weights.IMAGENET1K_V1)
+    except Exception as exc:  # no torchvision, no cached weights and no network, a broken install
+        message = f"VGG19 perceptual loss unavailable ({exc.__class__.__name__}: {str(exc)[:120]})"
+        if required:
+            raise CLIError(
+                message + "; install torchvision and its VGG19 weights, or drop --require-perceptual."
+            ) from exc
+        logger.warning(
+            "%s; training continues without it (pass --require-perceptual to stop instead).", message
+        )
+        return None
+    return VGGPerceptualLoss(vgg.features[:35])  # up to conv5_4, before its ReLU
+
+
+def relativistic_g(real: Tensor, fake: Tensor) -> Tensor:
+    """Generator side of RaGAN: fakes should look more real than the average real, and vice versa."""
+    real = real.detach()
+    return 0.5 * (
+        F.binary_cross_entropy_with_logits(real - fake.mean(), torch.zeros_like(real))
+        + F.binary_cross_entropy_with_logits(fake - real.mean(), torch.ones_like(fake))
+    )
+
+
+def relativistic_d(real: Tensor, fake: Tensor) -> Tensor:
+    return 0.5 * (
+        F.binary_cross_entropy_with_logits(real - fake.mean(), torch.ones_like(real))
+        + F.binary_cross_entropy_with_logits(fake - real.mean(), torch.zeros_like(fake))
+    )
+
+
+def validation_pairs(paths: list[Path], size: int) -> list[tuple[Tensor, Tensor]]:
+    pairs = []
+    for path in paths:
+        img = load_image(path)
+        h, w = (min(size, d) // 4 * 4 for d in img.shape[-2:])
+        hr = (img[:, :h, :w].double() / 255)[None]
+        lr = (imresize(hr, 0.25).clamp(0, 1) * 255).round() / 255
+        pairs.append((hr.float(), lr.float()))
+    return pairs
+
+
+@torch.no_grad()
+def validate(
+    g: nn.Module, ae: AutoEncoder, pairs: list[tuple[Tensor, Tensor]], device: torch.device
+) -> dict[str, float]:
+    scores: dict[str, list[float]] = {"psnr": [], "ae_psnr": [], "lr_psnr": []}
+    for hr, lr in pairs:
+        hr, lr = hr.to(device), lr.to(device)
+        sr = g(lr).clamp(0, 1)
+        scores["psnr"].append(float(psnr(sr, hr, crop_border=4)))
+        scores["ae_psnr"].append(float(ae_psnr(ae, sr, hr)))
+        scores["lr_psnr"].append(float(lr_psnr(sr, hr, scale=4)))
+    return {k: sum(v) / len(v) for k, v in scores.items()}
+
+
+def save_grid(g: nn.Module, pairs: list[tuple[Tensor, Tensor]], device: torch.device, path: Path) -> None:
+    hr, lr = pairs[0]
+    with torch.no_grad():
+        sr = g(lr.to(device)).clamp(0, 1).cpu()
+    bicubic = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+    grid = torch.cat([bicubic, sr, hr], dim=-1)[0]
+    with atomic_path(path) as tmp:
+        Image.fromarray((grid * 255).round().byte().permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(HERE / "images"), help="as pretrain's --data (name, folder, HR:LR)")
+    p.add_argument("--data-dir", help="dataset download cache")
+    p.add_argument("--val", default=None, help="folder of validation HR images (default: 2 bundled photos)")
+    p.add_argument("--ae", default="demo", help="pretrained AE: folder, .pth, Hub id, or 'demo'")
+    p.add_argument("--init", help="PSNR-oriented RRDBNet checkpoint for the generator (any ESRGAN layout)")
+    p.add_argument("--pixel-loss", choices=("aesop", "l1"), default="aesop", help="what fills L_pix's slot")
+    p.add_argument("--num-feat", type=int, default=64)
+    p.add_argument("--num-block", type=int, default=23)
+    p.add_argument("--steps", type=int, default=400_000)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--crop", type=int, default=128, help="HR crop (ESRGAN: 128)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--gan-weight", type=float, default=5e-3)
+    p.add_argument("--perceptual-weight", type=float, default=1.0)
+    p.add_argument("--pixel-weight", type=float, default=1.0)
+    p.add_argument("--require-perceptual", action="store_true")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--out", type=Path, default=Path("runs/esrgan"))
+    p.add_argument("--val-every", type=int, default=5000)
+    p.add_argument("--save-every", type=int, default=5000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true", help="a few steps of a tiny model on the bundled images")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.num_feat, args.num_block, args.steps, args.batch_size, args.crop = 16, 1, 2, 2, 64
+        args.workers, args.val_every, args.save_every = 0, 2, 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+
+    ae = AutoEncoder.from_pretrained(args.ae, device=device)
+    if ae.scale != 4:
+        raise CLIError(f"--ae is a x{ae.scale} AE; this recipe trains x4 generators.")
+    if args.init:
+        g = RRDBNet.from_pretrained(args.init, device=device).train()
+    else:
+        g = RRDBNet(
+            num_feat=args.num_feat, num_block=args.num_block, num_grow_ch=32 if args.num_feat >= 64 else 8
+        ).to(device)
+    d = VGGStyleDiscriminator(num_feat=16 if args.smoke else 64).to(device)
+    g_ema = copy.deepcopy(g).requires_grad_(False).eval()
+    pixel: nn.Module = AESOPLoss(ae).to(device) if args.pixel_loss == "aesop" else nn.L1Loss()
+    perceptual = load_perceptual(args.require_perceptual)
+    if perceptual is not None:
+        perceptual.to(device)
+    opt_g = torch.optim.Adam(g.parameters(), lr=args.lr, betas=(0.9, 0.99))
+    opt_d = torch.optim.Adam(d.parameters(), lr=args.lr, betas=(0.9, 0.99))
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+
+    images = prepare_data(args.data, scale=4, data_dir=args.data_dir)
+    data = CropDataset(images, crop=args.crop, scale=4, seed=args.seed)
+    loader = DataLoader(data, batch_size=args.batch_size, sampler=SampleStream(), num_workers=args.workers,
+                        collate_fn=collate_crops, pin_memory=device.type == "cuda")  # fmt: skip
+    val_paths = (
+        list_images(args.val)
+        if args.val
+        else [HERE / "images" / "chelsea.png", HERE / "images" / "coffee.png"]
+    )
+    val = validation_pairs(val_paths, 64 if args.smoke else 256)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = open(args.out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+    batches, t0 = iter(loader), time.perf_counter()
+    logger.info(
+        "training %s steps: %s as L_pix, perceptual %s",
+        args.steps,
+        args.pixel_loss,
+        "on" if perceptual else "off",
+    )
+    for step in range(1, args.steps + 1):
+        hr, lr = next(batches)
+        hr = hr.to(device, non_blocking=True).float() / 255
+        lr = lr.to(device, non_blocking=True).float() / 255
+        # generator
+        d.requires_grad_(False)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            sr = g(lr)
+            l_pix = pixel(sr, hr)
+            l_percep = perceptual(sr, hr) if perceptual is not None else sr.new_zeros(())
+            l_gan = relativistic_g(d(hr), d(sr))
+            loss_g = args.pixel_weight * l_pix + args.perceptual_weight * l_percep + args.gan_weight * l_gan
+        opt_g.zero_grad(set_to_none=True)
+        scaler.scale(loss_g).backward()
+        scaler.step(opt_g)
+        # discriminator
+        d.requires_grad_(True)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss_d = relativistic_d(d(hr), d(sr.detach()))
+        opt_d.zero_grad(set_to_none=True)
+        scaler.scale(loss_d).backward()
+        scaler.step(opt_d)
+        scaler.update()
+        with torch.no_grad():
+            torch._foreach_lerp_(list(g_ema.parameters()), [q.detach() for q in g.parameters()], 1e-3)
+        if step % args.val_every == 0 or step == args.steps:
+            scores = validate(g_ema, ae, val, device)
+            losses = {"l_pix": float(l_pix), "l_gan": float(l_gan), "l_d": float(loss_d)}
+            record = {"step": step, **losses, **scores, "s_per_step": (time.perf_counter() - t0) / step}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            logger.info(
+                "step %d: PSNR %.2f, AE-PSNR %.2f, LR-PSNR %.2f",
+                step,
+                scores["psnr"],
+                scores["ae_psnr"],
+                scores["lr_psnr"],
+            )
+            save_grid(g_ema, val, device, args.out / f"samples_{step:07d}.png")
+        if step % args.save_every == 0 or step == args.steps:
+            g_ema.save_pretrained(
+                args.out / "generator", description="ESRGAN generator trained with AESOP (EMA)."
+            )
+            state = {"step": step, "g": g.state_dict(), "d": d.state_dict()}
+            state |= {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict()}
+            with atomic_path(args.out / "state.pt") as tmp:
+                torch.save(state, tmp)
+    log.close()
+    logger.info("done: %s", args.out / "generator")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

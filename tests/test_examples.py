@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from aesop_loss import AESOPLoss, AutoEncoder
+from aesop_loss.hub import DEMO_AE_DIR
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+
+def _run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.parametrize("script", ["quickstart.py", "train_esrgan.py", "basicsr_plugin.py"])
+def test_every_example_has_help(script, tmp_path):
+    assert "--smoke" in _run(script, "--help", cwd=tmp_path).stdout
+
+
+def test_quickstart_smoke(tmp_path):
+    out = _run("quickstart.py", "--smoke", "--device", "cpu", "--out", "q.png", cwd=tmp_path).stdout
+    assert "detail, same LR image" in out
+    assert "low-frequency change" in out
+    assert "AE-PSNR" in out
+    png = tmp_path / "q.png"
+    from PIL import Image
+
+    with Image.open(png) as img:
+        assert img.size == (4 * 128, 128)  # LR bicubic | L1 | AESOP | HR
+
+
+def test_train_esrgan_smoke(tmp_path):
+    _run("train_esrgan.py", "--smoke", "--device", "cpu", "--out", "run", cwd=tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 2
+    assert {"psnr", "ae_psnr", "lr_psnr", "l_pix", "l_gan"} <= set(records[-1])
+    assert (tmp_path / "run" / "samples_0000002.png").is_file()
+    from aesop_loss import RRDBNet
+
+    assert RRDBNet.from_pretrained(tmp_path / "run" / "generator").config["num_feat"] == 16
+
+
+def test_basicsr_plugin_smoke(tmp_path):
+    assert "l_g_pix" in _run("basicsr_plugin.py", "--smoke", cwd=tmp_path).stdout
+
+
+def test_basicsr_calling_convention():
+    import basicsr_plugin
+
+    registry = basicsr_plugin.StandInRegistry()
+    basicsr_plugin.register(registry)
+    opt = {"type": "AESOPLoss", "ae": "demo", "loss_weight": 0.5, "reduction": "sum"}
+    with pytest.warns(UserWarning, match="demo AE"):
+        loss_fn = basicsr_plugin.build_loss(registry, opt)
+    assert opt["type"] == "AESOPLoss"  # build_loss leaves the options alone
+    pred, target = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    weight = torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        dist = (loss_fn.ae(pred) - loss_fn.ae(target)).abs()
+    assert loss_fn(pred, target, weight).item() == pytest.approx(0.5 * (dist * weight).sum().item(), rel=1e-5)
+    # a fork that already has a loss called AESOPLoss: register under another name
+    with pytest.raises(KeyError, match="already registered"):
+        basicsr_plugin.register(registry)
+    cls = basicsr_plugin.register(registry, name="AESOPLossRef")
+    assert issubclass(cls, AESOPLoss)
+    assert registry.get("AESOPLossRef") is cls
+
+
+def test_demo_ae_loads_offline_frozen_and_documented():
+    with pytest.warns(UserWarning, match="handful of sample images"):
+        ae = AutoEncoder.from_pretrained("demo")
+    assert ae.is_pretrained
+    assert not ae.training
+    with pytest.warns(UserWarning, match="demo AE"):
+        loss = AESOPLoss(ae="demo")
+    assert all(not p.requires_grad for p in loss.ae.parameters())
+    card = (DEMO_AE_DIR / "README.md").read_text()
+    assert "python -m aesop_loss.pretrain" in card
+    assert "psnr_ae_hr" in card
+    assert "psnr_bottleneck_lr" in card
+    assert (DEMO_AE_DIR / "model.safetensors").stat().st_size < 5 * 2**20
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x = torch.rand(1, 3, 32, 32)
+        assert float(loss(x, x)) == 0.0
