@@ -207,3 +207,36 @@ def test_torchrun_two_processes_match_single_process(tmp_path):
     assert sorted(p.name for p in (ddp / "checkpoints").iterdir()) == ["last.pt"]
     a, b = load_file(ddp / "model.safetensors"), load_file(single / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+
+
+def test_same_weights_with_any_number_of_workers(tmp_path):
+    common = ["--steps", "3", "--batch-size", "4", "--crops-per-image", "2", "--save-every", "3"]
+    runs = {}
+    for workers in ("0", "2"):
+        out = tmp_path / f"w{workers}"
+        args = [a if a != "0" else workers for a in _args(out)]  # TINY sets --workers 0
+        assert main([*args, *common]) == 0
+        runs[workers] = load_file(out / "model.safetensors")
+    assert all(torch.equal(runs["0"][k], runs["2"][k]) for k in runs["0"])
+
+
+def test_sigterm_saves_and_exits(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aesop_loss.pretrain", *_args(out), "--steps", "100000", "--batch-size", "1",
+         "--save-every", "100000", "--log-every", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    step = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"]
+    assert step >= 1
+    assert AutoEncoder.from_pretrained(out).config["num_feat"] == 16

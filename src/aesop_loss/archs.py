@@ -115,15 +115,26 @@ class _RRDBStack(nn.Sequential):
         return x
 
 
-M = TypeVar("M", bound="_HubMixin")
+M = TypeVar("M", bound="_Model")
 
 
-class _HubMixin(nn.Module):
-    """``from_pretrained`` / ``save_pretrained`` / ``push_to_hub`` shared by the architectures."""
+class _Model(nn.Module):
+    """What the architectures share: Hub I/O and activation checkpointing of their RRDB trunks."""
 
     @property
     def config(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether RRDB trunks recompute activations in backward (less memory, ~1/3 more compute)."""
+        return any(m.gradient_checkpointing for m in self.modules() if isinstance(m, _RRDBStack))
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enabled: bool) -> None:
+        for module in self.modules():
+            if isinstance(module, _RRDBStack):
+                module.gradient_checkpointing = enabled
 
     @classmethod
     def from_pretrained(
@@ -196,7 +207,7 @@ class _HubMixin(nn.Module):
         return push_model_to_hub(self, repo_id, token=token, private=private, **card)
 
 
-class RRDBNet(_HubMixin):
+class RRDBNet(_Model):
     """The ESRGAN generator with BasicSR's parameter layout.
 
     Scale 2 and 1 pixel-unshuffle the input by 2 and 4 first (as BasicSR and Real-ESRGAN do), so
@@ -270,15 +281,6 @@ class RRDBNet(_HubMixin):
             "scale": self.scale,
         }
 
-    @property
-    def gradient_checkpointing(self) -> bool:
-        """Whether the RRDB trunk recomputes activations in backward to save memory."""
-        return self.body.gradient_checkpointing
-
-    @gradient_checkpointing.setter
-    def gradient_checkpointing(self, enabled: bool) -> None:
-        self.body.gradient_checkpointing = enabled
-
     def forward(self, x: Tensor) -> Tensor:
         if self._unshuffle > 1:
             x = F.pixel_unshuffle(x, self._unshuffle)
@@ -315,7 +317,7 @@ class BicubicDownsample(nn.Module):
         )
 
 
-class AutoEncoder(_HubMixin):
+class AutoEncoder(_Model):
     """The AESOP autoencoder: learned (or bicubic) encoder to an LR bottleneck, RRDBNet decoder.
 
     The learned encoder is the authors' design: conv(3 -> C/s^2), conv(C/s^2 -> C/s^2),
@@ -405,17 +407,6 @@ class AutoEncoder(_HubMixin):
             "scale": self.scale,
             "encoder": self.encoder_kind,
         }
-
-    @property
-    def gradient_checkpointing(self) -> bool:
-        """Whether RRDB trunks recompute activations in backward (less memory, ~1/3 more compute)."""
-        return self.decoder.gradient_checkpointing
-
-    @gradient_checkpointing.setter
-    def gradient_checkpointing(self, enabled: bool) -> None:
-        for module in self.modules():
-            if isinstance(module, _RRDBStack):
-                module.gradient_checkpointing = enabled
 
     @classmethod
     def from_decoder(
