@@ -5,7 +5,8 @@
 The authors publish their pretrained AEs (``AE_RRDBdecoder_100K.pth`` for bicubic x4 SR,
 ``RealAE_RRDBdecoder_100K.pth`` for real-world SR) through the links in the README of
 https://github.com/2minkyulee/AESOP-Auto-Encoded-Supervision-for-Perceptual-Image-Super-Resolution ;
-the weights are theirs, under the terms stated there. This tool reads such a file (or any checkpoint
+the authors release that project under the Apache 2.0 license (pass ``--license apache-2.0`` when
+converting their files). This tool reads such a file (or any checkpoint
 of that layout) with ``weights_only=True``, removes the duplicated encoder keys, writes
 ``config.json`` + ``model.safetensors`` + a model card recording the source's SHA-256, and checks,
 before it reports success, that the written folder reproduces the source model's output on a random
