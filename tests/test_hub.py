@@ -301,3 +301,49 @@ def test_device_argument(tmp_path):
     AutoEncoder(**TINY).save_pretrained(tmp_path)
     ae = AutoEncoder.from_pretrained(tmp_path, device="cpu")
     assert next(ae.parameters()).device.type == "cpu"
+
+
+_PUSH = textwrap.dedent(
+    """
+    import sys, torch
+    from aesop_loss import AutoEncoder
+    from aesop_loss.convert import main as convert
+    from aesop_loss.pretrain import main as pretrain
+    ckpt, images, work = sys.argv[1:4]
+    torch.manual_seed(0)
+    ae = AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8)
+    print("url", ae.push_to_hub("aesop/pushed", training_data="unit test"))
+    assert convert([ckpt, work + "/converted", "--push-to-hub", "aesop/converted"]) == 0
+    tiny = ["--num-feat", "16", "--num-block", "1", "--num-grow-ch", "8", "--crop", "32", "--workers", "0"]
+    assert pretrain(["--data", images, "--out", work + "/run", "--val", "none", "--steps", "2",
+                     "--batch-size", "1", *tiny, "--push-to-hub", "aesop/pretrained"]) == 0
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        converted = AutoEncoder.from_pretrained(work + "/converted")
+        trained = AutoEncoder.from_pretrained(work + "/run")
+        pairs = (("aesop/pushed", ae), ("aesop/converted", converted), ("aesop/pretrained", trained))
+        for repo, local in pairs:
+            assert torch.equal(AutoEncoder.from_pretrained(repo)(x), local(x)), repo
+    print("ok")
+    """
+)
+
+
+def test_push_to_hub_round_trip(tmp_path):
+    from conftest import IMAGES
+
+    with serve_hub({}, uploads=tmp_path / "hub") as (endpoint, log):
+        env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_TOKEN": "hf_test",
+               "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1"}  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-c", _PUSH, str(AE_CKPT), str(IMAGES), str(tmp_path)],
+            capture_output=True, text=True, env=env, timeout=180,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("ok")
+    assert any("/api/models/aesop/pushed/commit/main" in line for line in log)
+    for repo in ("pushed", "converted", "pretrained"):
+        assert sorted(p.name for p in (tmp_path / "hub" / "aesop" / repo).iterdir()) == [
+            "README.md", "config.json", "model.safetensors",
+        ]  # fmt: skip
+    assert sha256_file(AE_CKPT) in (tmp_path / "hub" / "aesop" / "converted" / "README.md").read_text()
