@@ -240,3 +240,23 @@ def test_sigterm_saves_and_exits(tmp_path):
     step = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"]
     assert step >= 1
     assert AutoEncoder.from_pretrained(out).config["num_feat"] == 16
+
+
+def test_freeze_decoder_always(tmp_path):
+    out = tmp_path / "run"
+    torch.manual_seed(0)
+    start = AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8).state_dict()  # the run's seed-0 init
+    args = [*_args(out), "--steps", "3", "--batch-size", "2", "--save-every", "3", "--ema", "0"]
+    assert main([*args, "--freeze-decoder-steps", "-1"]) == 0
+    trained = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(trained[k], start[k]) for k in start if k.startswith("decoder."))
+    assert any(not torch.equal(trained[k], start[k]) for k in start if k.startswith("encoder."))
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_runs_on_cpu(tmp_path, amp):
+    out = tmp_path / "run"
+    assert main([*_args(out), "--steps", "2", "--batch-size", "2", "--amp", amp, "--log-every", "1"]) == 0
+    losses = [m["loss_rec"] for m in _metrics(out)]
+    assert len(losses) == 2
+    assert all(0 < x < 10 for x in losses)

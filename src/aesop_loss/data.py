@@ -290,9 +290,9 @@ def prepare_validation(
 # --- crops ----------------------------------------------------------------------------------------
 
 
-def _readable(files: Sequence[Path], crop: int) -> list[int]:
-    """Indices of files whose header opens and that are at least ``crop`` pixels on each side."""
-    keep = []
+def _readable(files: Sequence[Path], crop: int) -> dict[int, tuple[int, int]]:
+    """``{index: (width, height)}`` of files whose header opens and whose sides reach ``crop``."""
+    keep: dict[int, tuple[int, int]] = {}
     for i, path in enumerate(files):
         try:
             with Image.open(path) as img:
@@ -303,7 +303,7 @@ def _readable(files: Sequence[Path], crop: int) -> list[int]:
         if min(w, h) < crop:
             warnings.warn(f"skipping {path}: {w}x{h} is smaller than the {crop}px crop.", stacklevel=3)
             continue
-        keep.append(i)
+        keep[i] = (w, h)
     return keep
 
 
@@ -349,9 +349,10 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
     ) -> None:
         if crop % scale:
             raise DataError(f"--crop {crop} is not a multiple of --scale {scale}.")
-        keep = _readable(images.hr, crop)
+        sizes = _readable(images.hr, crop)
+        keep = list(sizes)
         if images.lr is not None:
-            lr_ok = set(_readable([images.lr[i] for i in keep], crop // scale))
+            lr_ok = _readable([images.lr[i] for i in keep], crop // scale)
             keep = [i for j, i in enumerate(keep) if j in lr_ok]
         if not keep:
             raise DataError(
@@ -364,10 +365,7 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._ram: dict[Path, Tensor] = {}
         self._bad: set[int] = set()
-        estimate = 0
-        for path in self.hr:
-            with Image.open(path) as img:
-                estimate += 3 * img.size[0] * img.size[1]
+        estimate = sum(3 * sizes[i][0] * sizes[i][1] for i in keep)  # decoded HR bytes
         if estimate <= ram_budget_bytes:
             for path in tqdm(
                 self.hr + (self.lr or []), desc="decoding images", leave=False, disable=len(self.hr) < 50

@@ -211,6 +211,9 @@ class _Run:
             self.ae.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             torch.backends.cudnn.benchmark = True
         self.ema = copy.deepcopy(self.ae).requires_grad_(False).eval()
+        # built once: the EMA update runs every step over ~900 tensors (load_state_dict copies in place)
+        self._params: list[Tensor] = [p.detach() for p in self.ae.parameters()]
+        self._ema_params: list[Tensor] = list(self.ema.parameters())
         self.optimizer = torch.optim.Adam(self.ae.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
         self.amp_dtype = _amp_dtype(cfg.amp)
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.amp == "fp16")
@@ -318,8 +321,7 @@ class _Run:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         with torch.no_grad():
-            ema_p: list[Tensor] = list(self.ema.parameters())
-            torch._foreach_lerp_(ema_p, [p.detach() for p in self.ae.parameters()], 1.0 - self.cfg.ema)
+            torch._foreach_lerp_(self._ema_params, self._params, 1.0 - self.cfg.ema)
         self.step += 1
         return rec.detach(), bott.detach()
 
