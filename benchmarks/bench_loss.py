@@ -86,6 +86,36 @@ def count_flops(fn: Callable[[], None]) -> int:
     return counter.get_total_flops()
 
 
+def conv_peak_tflops(device: torch.device, precision: str, batch: int, size: int) -> float:
+    """Measured conv peak: TFLOP/s of one large 3x3 convolution (channels-last, 128 -> 128) forward."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False).to(device, dtype)
+    conv = conv.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    x = torch.randn(batch, 128, size, size, device=device, dtype=dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    flops = 2 * batch * size * size * 128 * 128 * 9
+
+    def run() -> None:
+        with torch.no_grad():
+            conv(x)
+
+    with torch.backends.cudnn.flags(
+        enabled=True, benchmark=True, deterministic=False, allow_tf32=precision == "tf32"
+    ):
+        (t,) = time_interleaved([run], device, repeats=10)
+    return flops / t / 1e12
+
+
+def strict_fp32(fn: Callable[[], None]) -> Callable[[], None]:
+    """Run forward and backward with TF32 convolutions off (PyTorch allows them by default)."""
+
+    def run() -> None:
+        with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False, allow_tf32=False):
+            fn()
+
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=1)
@@ -104,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpu_defaults:
         args.batch, args.crop, args.repeats, args.device = 16, 256, 20, "cuda"
     device = torch.device(args.device)
-    if device.type == "cuda":
+    cuda = device.type == "cuda"
+    if cuda:
         torch.backends.cudnn.benchmark = True
         name = torch.cuda.get_device_name(device)
     else:
@@ -137,48 +168,69 @@ def main(argv: list[str] | None = None) -> int:
     def aesop(**options: Any) -> Callable[[], None]:
         return step(AESOPLoss(copy.deepcopy(ae), **options))  # each variant owns its AE
 
-    variants: list[tuple[str, Callable[[], None]]] = [
-        ("naive fp32 (baseline)", step(naive)),
-        ("nn.L1Loss", step(torch.nn.L1Loss())),
-        ("RRDBNet generator fwd+bwd", generator),
-        ("AESOPLoss fp32 (default)", aesop()),
-        ("AESOPLoss fp32 channels_last", aesop(channels_last=True)),
-        ("AESOPLoss fp32 memory_efficient", aesop(memory_efficient=True)),
+    # (label, step, precision of the AE passes or None for rows that are not AE passes)
+    variants: list[tuple[str, Callable[[], None], str | None]] = [
+        ("naive fp32 (baseline)", strict_fp32(step(naive)), "fp32"),
+        ("nn.L1Loss", step(torch.nn.L1Loss()), None),
+        ("RRDBNet generator fwd+bwd", generator, None),
+        ("AESOPLoss fp32 (default)", aesop(), "fp32"),
+        ("AESOPLoss fp32 channels_last", aesop(channels_last=True), "fp32"),
+        ("AESOPLoss fp32 memory_efficient", aesop(memory_efficient=True), "fp32"),
     ]
-    if device.type == "cuda" or args.cpu_bf16:
-        variants.append(("AESOPLoss bf16 channels_last", aesop(precision="bf16", channels_last=True)))
-    if device.type == "cuda":
+    if cuda:
         variants += [
-            ("AESOPLoss bf16 channels_last", aesop(precision="bf16", channels_last=True)),
-            ("AESOPLoss fp16 channels_last", aesop(precision="fp16", channels_last=True)),
+            ("naive, PyTorch default (TF32)", step(naive), "tf32"),
+            ("AESOPLoss tf32 channels_last", aesop(precision="tf32", channels_last=True), "tf32"),
+            ("AESOPLoss fp16 channels_last", aesop(precision="fp16", channels_last=True), "fp16"),
+        ]
+    if cuda or args.cpu_bf16:
+        variants.append(("AESOPLoss bf16 channels_last", aesop(precision="bf16", channels_last=True), "bf16"))
+    if cuda:
+        variants.append(
             (
                 "AESOPLoss bf16 cl memory_eff.",
                 aesop(precision="bf16", channels_last=True, memory_efficient=True),
-            ),
-        ]
+                "bf16",
+            )
+        )
     if args.compile:
         variants.append(
-            ("AESOPLoss bf16 cl compile", aesop(precision="bf16", channels_last=True, compile=True))
+            ("AESOPLoss bf16 cl compile", aesop(precision="bf16", channels_last=True, compile=True), "bf16")
         )
     ae_flops = count_flops(step(naive))  # HR forward + SR forward + SR input-gradient
+    precisions = sorted({v[2] for v in variants if v[2] is not None})
+    peak = {prec: conv_peak_tflops(device, prec, b, max(c // 2, 8)) for prec in precisions}
     print(f"# bench_loss  {date.today()}  device: {name}  torch {torch.__version__}")
     print(f"# AE {arch} x4, batch {b} x {c}^2; three AE passes = {ae_flops / 1e9:.1f} GFLOP")
-    print(f"{'variant':<34}{'median ms':>11}{'vs naive':>10}{'peak MiB':>10}{'TFLOP/s':>9}")
-    times = time_interleaved([fn for _, fn in variants], device, args.repeats)
+    print("# measured conv peak (3x3, 128 ch, channels-last, forward), TFLOP/s: "
+          + ", ".join(f"{prec} {peak[prec]:.3f}" for prec in precisions))  # fmt: skip
+    print(f"{'variant':<34}{'median ms':>11}{'vs naive':>10}{'peak MiB':>10}{'TFLOP/s':>9}{'of peak':>9}")
+    times = time_interleaved([fn for _, fn, _ in variants], device, args.repeats)
     base = times[0]
-    for (label, fn), t in zip(variants, times, strict=True):
+    rows = []
+    for (label, fn, prec), t in zip(variants, times, strict=True):
         mem = peak_mib(fn, device)
-        tflops = ae_flops / t / 1e12 if label.startswith(("AESOP", "naive")) else float("nan")
-        print(f"{label:<34}{t * 1e3:>11.1f}{t / base:>10.2f}{mem:>10.1f}{tflops:>9.3f}")
-    if device.type != "cuda":
+        tflops = ae_flops / t / 1e12
+        share = tflops / peak[prec] if prec is not None else 0.0
+        rows.append((label, prec, t, share))
+        flop_cols = f"{tflops:>9.3f}{share:>9.1%}" if prec is not None else f"{'-':>9}{'-':>9}"
+        print(f"{label:<34}{t * 1e3:>11.1f}{t / base:>10.2f}{mem:>10.1f}{flop_cols}")
+    if not cuda:
         print("# CPU 'peak MiB' = tensors autograd saves for backward (the dominant, deterministic part)")
+    cosine = {"fp32": 1.0}
     if args.fidelity:
-        fidelity(args.ae, device)
+        cosine.update(fidelity(args.ae, device))
+    ok = [r for r in rows if r[0].startswith("AESOPLoss") and cosine.get(r[1] or "", 0.0) >= 0.99]
+    label, prec, t, share = min(ok, key=lambda r: r[2])
+    print(f"\n# fastest AESOPLoss with gradient cosine >= 0.99 vs fp32: {label}: {base / t:.2f}x faster "
+          f"than naive fp32, {share:.1%} of the measured {prec} conv peak")  # fmt: skip
+    if not args.fidelity:
+        print("# (only fp32 variants qualify without --fidelity, which measures the others' cosine)")
     return 0
 
 
-def fidelity(src: str, device: torch.device) -> None:
-    """Loss and gradient error of reduced precision against fp32 on real photos and perturbations."""
+def fidelity(src: str, device: torch.device) -> dict[str, float]:
+    """Loss and gradient error of reduced precision against fp32 on real photos; returns cosines."""
     ae = AutoEncoder.from_pretrained(src, device=device)
     crops = []
     for path in list_images(IMAGES)[:4]:
@@ -188,21 +240,23 @@ def fidelity(src: str, device: torch.device) -> None:
     gen = torch.Generator().manual_seed(0)
     sr0 = (hr + 0.05 * torch.randn(hr.shape, generator=gen).to(device)).clamp(0, 1)
     print(f"\n# precision fidelity on {len(crops)} real photos (192^2 crops, AE {ae.config})")
-    ref_loss, ref_grad = None, None
-    options = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
+    options = ["fp32", "bf16"] + (["tf32", "fp16"] if device.type == "cuda" else [])
+    ref_loss, ref_grad = 0.0, torch.empty(0)
+    cosines: dict[str, float] = {}
     for precision in options:
         sr = sr0.clone().requires_grad_()
         loss = AESOPLoss(ae, precision=precision)(sr, hr)  # type: ignore[arg-type]
         loss.backward()
         assert sr.grad is not None
-        if ref_loss is None:
+        if precision == "fp32":
             ref_loss, ref_grad = loss.item(), sr.grad.flatten()
             print(f"{precision:<6} loss {ref_loss:.6f}")
             continue
-        assert ref_grad is not None
         cos = F.cosine_similarity(sr.grad.flatten().float(), ref_grad, dim=0).item()
         rel = abs(loss.item() - ref_loss) / ref_loss
+        cosines[precision] = cos
         print(f"{precision:<6} loss {loss.item():.6f}  rel. error {rel:.2e}  grad cosine {cos:.5f}")
+    return cosines
 
 
 if __name__ == "__main__":

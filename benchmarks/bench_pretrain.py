@@ -11,6 +11,7 @@ a run: if the loader delivers fewer images/s than the step consumes, add workers
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 from datetime import date
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--crops-per-image", type=int, default=4)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--loader-batches", type=int, default=20, help="batches timed per worker count")
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
@@ -75,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
           f"(batch {args.batch_size} x {args.crop}^2, amp {args.amp})")  # fmt: skip
 
     images = prepare_data(args.data, scale=4)
-    cpi = args.crops_per_image
+    cpi = math.gcd(args.crops_per_image, args.batch_size)  # as the pretraining CLI does
     dataset = CropDataset(images, crop=args.crop, scale=4, seed=0, crops_per_image=cpi)
     n = os.cpu_count() or 1
     for workers in sorted({0, 2, n}):
-        rate = loader_rate(dataset, args.batch_size // cpi, args.batch_size, workers, batches=20)
+        rate = loader_rate(dataset, args.batch_size // cpi, args.batch_size, workers, args.loader_batches)
         verdict = "keeps up" if rate >= args.batch_size / dt else "data-bound"
         print(f"data pipeline, {workers:>2} workers: {rate:8.1f} images/s  ({verdict})")
     return 0

@@ -308,6 +308,55 @@ def test_compile_gives_the_same_numbers(device, backend, ae_golden):
     assert sorted(loss_fn.state_dict()) == []  # the compiled wrapper adds nothing to the state dict
 
 
+@pytest.fixture
+def restore_cudnn_tf32():
+    previous = torch.backends.cudnn.allow_tf32
+    yield
+    torch.backends.cudnn.allow_tf32 = previous
+
+
+@pytest.mark.usefixtures("restore_cudnn_tf32")
+@pytest.mark.parametrize("memory_efficient", [False, True], ids=["stored", "recomputed"])
+@pytest.mark.parametrize(("precision", "caller"), [("fp32", True), ("tf32", False)])
+def test_tf32_setting_holds_in_backward_and_is_restored(precision, caller, memory_efficient):
+    # cuDNN reads the flag when a convolution runs, so the AE's backward must see the loss's
+    # setting while the caller's own layers (here: a generator) keep the caller's.
+    seen: list[tuple[str, bool]] = []
+
+    def record(name: str):
+        return lambda module, grad: seen.append((name, torch.backends.cudnn.allow_tf32))
+
+    ae = _pretrained_tiny()
+    ae.decoder.conv_last.register_full_backward_pre_hook(record("ae"))
+    ae.decoder.conv_first.register_full_backward_pre_hook(record("ae"))
+    generator = nn.Conv2d(3, 3, 3, padding=1)
+    generator.register_full_backward_pre_hook(record("generator"))
+    torch.backends.cudnn.allow_tf32 = caller
+    loss_fn = AESOPLoss(ae, precision=precision, memory_efficient=memory_efficient)
+    lr = torch.rand(1, 3, 16, 16, requires_grad=True)
+    loss = loss_fn(generator(lr), torch.rand(1, 3, 16, 16))
+    assert torch.backends.cudnn.allow_tf32 is caller  # forward restored it
+    loss.backward(retain_graph=True)
+    loss.backward()
+    ae_setting = precision == "tf32"
+    expected = [("ae", ae_setting), ("ae", ae_setting), ("generator", caller)] * 2
+    assert seen == expected
+    assert torch.backends.cudnn.allow_tf32 is caller
+
+
+@pytest.mark.usefixtures("restore_cudnn_tf32")
+def test_tf32_setting_restored_when_backward_stops_inside_the_ae():
+    inner: list[torch.Tensor] = []
+    ae = _pretrained_tiny()
+    ae.decoder.conv_body.register_forward_hook(lambda module, args, out: inner.append(out))
+    torch.backends.cudnn.allow_tf32 = True
+    sr = torch.rand(1, 3, 16, 16, requires_grad=True)
+    loss = AESOPLoss(ae)(sr, torch.rand(1, 3, 16, 16))
+    (grad,) = torch.autograd.grad(loss, inner[-1])  # never reaches the AE's input
+    assert grad.abs().sum() > 0
+    assert torch.backends.cudnn.allow_tf32 is True
+
+
 def test_low_precision_inputs_follow_ae_dtype(reference_ae, ae_golden):
     sr = ae_golden["sr"].bfloat16().requires_grad_()
     loss = AESOPLoss(reference_ae)(sr, ae_golden["gt"].bfloat16())

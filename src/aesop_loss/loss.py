@@ -189,10 +189,21 @@ class AESOPLoss(nn.Module):
         """The AE's scale: ``sr`` and ``hr`` heights and widths must be multiples of it."""
         return self.ae.scale
 
-    def _embed(self, x: Tensor) -> Tensor:
+    def _embed(self, x: Tensor, scope: _TF32Scope | None = None) -> Tensor:
+        if scope is not None:  # backward reaches this node last: restore the caller's setting
+            x = _LeaveOnBackward.apply(x, scope)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self._net(x)
+        y = self._net(x)
+        if scope is not None:  # backward reaches this node first: apply this loss's setting
+            y = _EnterOnBackward.apply(y, scope)
+        return y
+
+    def _backward_scope(self, sr: Tensor) -> _TF32Scope | None:
+        """The cuDNN TF32 setting must also hold in backward: the flag is read when a conv runs."""
+        if self.precision in ("fp32", "tf32") and torch.is_grad_enabled() and sr.requires_grad:
+            return _TF32Scope(self.precision == "tf32")
+        return None
 
     @contextlib.contextmanager
     def _checkpointing(self) -> Iterator[None]:
@@ -215,8 +226,7 @@ class AESOPLoss(nn.Module):
             return torch.autocast(device_type, dtype=dtype)
         stack = contextlib.ExitStack()
         stack.enter_context(torch.autocast(device_type, enabled=False))
-        if device_type == "cuda":
-            stack.enter_context(_cudnn_tf32(self.precision == "tf32"))
+        stack.enter_context(_cudnn_tf32(self.precision == "tf32"))  # no effect off CUDA
         return stack
 
     def forward(self, sr: Tensor, hr: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -242,7 +252,7 @@ class AESOPLoss(nn.Module):
             with torch.no_grad():
                 target = self._embed(hr.detach())
             with self._checkpointing():
-                pred = self._embed(sr)
+                pred = self._embed(sr, self._backward_scope(sr))
         # Distances accumulate in at least fp32, also when the AE ran under autocast.
         acc = torch.promote_types(pred.dtype, torch.float32)
         if self.as_loss_map:
@@ -316,6 +326,55 @@ def _cudnn_tf32(allow: bool) -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.allow_tf32 = previous
+
+
+class _TF32Scope:
+    """cuDNN's TF32 flag for the backward of one SR pass, restored when that backward leaves it."""
+
+    def __init__(self, allow: bool) -> None:
+        self.allow = allow
+        self.previous: bool | None = None
+
+    def enter(self) -> None:
+        if self.previous is None:
+            self.previous = torch.backends.cudnn.allow_tf32
+            torch.backends.cudnn.allow_tf32 = self.allow
+            # safety net: a backward that stops inside the AE (autograd.grad of an inner
+            # tensor) still gives the flag back when it ends
+            torch.autograd.Variable._execution_engine.queue_callback(self.leave)
+
+    def leave(self) -> None:
+        if self.previous is not None:
+            torch.backends.cudnn.allow_tf32 = self.previous
+            self.previous = None
+
+
+class _EnterOnBackward(torch.autograd.Function):
+    """Identity; its backward switches to the scope's TF32 setting (it runs before the AE's)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scope: _TF32Scope) -> Tensor:
+        ctx.scope = scope
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        ctx.scope.enter()
+        return grad, None
+
+
+class _LeaveOnBackward(torch.autograd.Function):
+    """Identity; its backward restores the caller's TF32 setting (it runs after the AE's)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scope: _TF32Scope) -> Tensor:
+        ctx.scope = scope
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        ctx.scope.leave()
+        return grad, None
 
 
 def _check_weight(weight: Tensor, dist: Tensor) -> None:
