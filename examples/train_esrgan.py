@@ -4,7 +4,8 @@
 
 Generator: RRDBNet (optionally initialised from a PSNR-oriented checkpoint with --init, as the
 paper does). Discriminator: VGG-style. EMA generator (0.999), AMP, periodic validation (PSNR,
-AE-PSNR, LR-PSNR on held-out images), sample grids and checkpoints in --out.
+AE-PSNR, LR-PSNR on held-out images), sample grids and checkpoints in --out. `--resume` continues
+a run exactly where its last checkpoint left it; Ctrl-C saves one first.
 
 The perceptual loss needs torchvision and its ImageNet VGG19 weights (in the torch hub cache, or
 downloadable); without them the run says so and continues without it, unless --require-perceptual.
@@ -30,9 +31,17 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from aesop_loss import AESOPLoss, AutoEncoder, RRDBNet
-from aesop_loss._cli import CLIError, run_cli
+from aesop_loss._cli import CLIError, StopRequest, run_cli
 from aesop_loss._io import atomic_path
-from aesop_loss.data import CropDataset, SampleStream, collate_crops, list_images, load_image, prepare_data
+from aesop_loss.data import (
+    CropDataset,
+    SampleStream,
+    collate_crops,
+    ignore_stop_signals,
+    list_images,
+    load_image,
+    prepare_data,
+)
 from aesop_loss.metrics import ae_psnr, lr_psnr, psnr
 from aesop_loss.resize import imresize
 
@@ -164,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pixel-loss", choices=("aesop", "l1"), default="aesop", help="what fills L_pix's slot")
     p.add_argument("--num-feat", type=int, default=64)
     p.add_argument("--num-block", type=int, default=23)
-    p.add_argument("--steps", type=int, default=400_000)
+    p.add_argument("--steps", type=int, default=None, help="total steps (default 400000; --smoke: 2)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--crop", type=int, default=128, help="HR crop (ESRGAN: 128)")
     p.add_argument("--lr", type=float, default=1e-4)
@@ -179,11 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-every", type=int, default=5000)
     p.add_argument("--save-every", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its state.pt")
     p.add_argument("--smoke", action="store_true", help="a few steps of a tiny model on the bundled images")
     args = p.parse_args(argv)
     if args.smoke:
-        args.num_feat, args.num_block, args.steps, args.batch_size, args.crop = 16, 1, 2, 2, 64
+        args.num_feat, args.num_block, args.batch_size, args.crop = 16, 1, 2, 64
         args.workers, args.val_every, args.save_every = 0, 2, 2
+    args.steps = args.steps or (2 if args.smoke else 400_000)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
@@ -208,10 +219,39 @@ def main(argv: list[str] | None = None) -> int:
     opt_d = torch.optim.Adam(d.parameters(), lr=args.lr, betas=(0.9, 0.99))
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
 
+    state_path = args.out / "state.pt"
+    start = 0
+    if args.resume:
+        if not state_path.is_file():
+            raise CLIError(f"--resume: no {state_path}; start without --resume.")
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        for module, key in ((g, "g"), (d, "d"), (g_ema, "g_ema"), (opt_g, "opt_g"), (opt_d, "opt_d")):
+            module.load_state_dict(state[key])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+        start = int(state["step"])
+        logger.info("resumed %s at step %d", args.out, start)
+    elif state_path.exists():
+        raise CLIError(
+            f"{args.out} already holds a run; pass --resume to continue it, or choose another --out."
+        )
+
+    def save(step: int) -> None:
+        g_ema.save_pretrained(
+            args.out / "generator", description="ESRGAN generator trained with AESOP (EMA)."
+        )
+        state = {"step": step, "g": g.state_dict(), "d": d.state_dict(), "g_ema": g_ema.state_dict()}
+        state |= {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "scaler": scaler.state_dict()}
+        state["rng"] = torch.get_rng_state()
+        with atomic_path(state_path) as tmp:
+            torch.save(state, tmp)
+
     images = prepare_data(args.data, scale=4, data_dir=args.data_dir)
     data = CropDataset(images, crop=args.crop, scale=4, seed=args.seed)
-    loader = DataLoader(data, batch_size=args.batch_size, sampler=SampleStream(), num_workers=args.workers,
-                        collate_fn=collate_crops, pin_memory=device.type == "cuda")  # fmt: skip
+    # crops depend only on (seed, sample number): starting the stream at the next sample resumes it
+    loader = DataLoader(data, batch_size=args.batch_size, sampler=SampleStream(start=start * args.batch_size),
+                        num_workers=args.workers, collate_fn=collate_crops, pin_memory=device.type == "cuda",
+                        worker_init_fn=ignore_stop_signals if args.workers else None)  # fmt: skip
     val_paths = (
         list_images(args.val)
         if args.val
@@ -227,8 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         args.pixel_loss,
         "on" if perceptual else "off",
     )
-    for step in range(1, args.steps + 1):
-        hr, lr = next(batches)
+
+    def train_step(batch: tuple[Tensor, Tensor], step: int) -> None:
+        hr, lr = batch
         hr = hr.to(device, non_blocking=True).float() / 255
         lr = lr.to(device, non_blocking=True).float() / 255
         # generator
@@ -255,7 +296,12 @@ def main(argv: list[str] | None = None) -> int:
         if step % args.val_every == 0 or step == args.steps:
             scores = validate(g_ema, ae, val, device)
             losses = {"l_pix": float(l_pix), "l_gan": float(l_gan), "l_d": float(loss_d)}
-            record = {"step": step, **losses, **scores, "s_per_step": (time.perf_counter() - t0) / step}
+            record = {
+                "step": step,
+                **losses,
+                **scores,
+                "s_per_step": (time.perf_counter() - t0) / (step - start),
+            }
             log.write(json.dumps(record) + "\n")
             log.flush()
             logger.info(
@@ -267,14 +313,21 @@ def main(argv: list[str] | None = None) -> int:
             )
             save_grid(g_ema, val, device, args.out / f"samples_{step:07d}.png")
         if step % args.save_every == 0 or step == args.steps:
-            g_ema.save_pretrained(
-                args.out / "generator", description="ESRGAN generator trained with AESOP (EMA)."
-            )
-            state = {"step": step, "g": g.state_dict(), "d": d.state_dict()}
-            state |= {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict()}
-            with atomic_path(args.out / "state.pt") as tmp:
-                torch.save(state, tmp)
-    log.close()
+            save(step)
+
+    step = start
+    try:
+        with StopRequest() as stop:  # Ctrl-C: finish the step, save, exit; twice: abort unsaved
+            while step < args.steps:
+                step += 1
+                train_step(next(batches), step)
+                if stop.requested and step < args.steps:
+                    if step % args.save_every:
+                        save(step)
+                    logger.info("stopped at step %d; saved %s (continue with --resume)", step, state_path)
+                    raise KeyboardInterrupt
+    finally:
+        log.close()
     logger.info("done: %s", args.out / "generator")
     return 0
 

@@ -278,3 +278,24 @@ def test_corrupt_archive_is_deleted(tmp_path, monkeypatch):
         assert not (tmp_path / "archives" / "bad.zip").exists()
     finally:
         server.close()
+
+
+class _SignalHandlers(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> tuple[bool, bool]:
+        import signal
+
+        return signal.getsignal(signal.SIGINT) is signal.SIG_IGN, signal.getsignal(
+            signal.SIGTERM
+        ) is signal.SIG_IGN
+
+
+def test_workers_leave_stop_signals_to_the_training_process():
+    from aesop_loss.data import ignore_stop_signals
+
+    loader = torch.utils.data.DataLoader(
+        _SignalHandlers(), batch_size=None, num_workers=1, worker_init_fn=ignore_stop_signals
+    )
+    assert [tuple(flags) for flags in loader] == [(True, True)]  # both ignored inside the worker

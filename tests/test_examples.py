@@ -52,6 +52,45 @@ def test_train_esrgan_smoke(tmp_path):
     assert RRDBNet.from_pretrained(tmp_path / "run" / "generator").config["num_feat"] == 16
 
 
+def test_train_esrgan_resumes_exactly(tmp_path):
+    common = ["--smoke", "--device", "cpu", "--steps", "4"]
+    _run("train_esrgan.py", *common, "--out", "straight", cwd=tmp_path)
+    _run("train_esrgan.py", *common[:-1], "2", "--out", "split", cwd=tmp_path)
+    _run("train_esrgan.py", *common, "--out", "split", "--resume", cwd=tmp_path)
+    a, b = (torch.load(tmp_path / run / "state.pt", weights_only=True) for run in ("straight", "split"))
+    assert a["step"] == b["step"] == 4
+    for net in ("g", "d", "g_ema"):
+        assert all(torch.equal(a[net][k], b[net][k]) for k in a[net]), net
+    # a finished run is not silently overwritten
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "train_esrgan.py"), *common, "--out", "straight"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "pass --resume" in proc.stderr
+
+
+def test_train_esrgan_ctrl_c_saves_and_exits(tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "train_esrgan.py"), "--smoke", "--device", "cpu", "--steps", "100000",
+         "--out", "run"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run" / "state.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    step = torch.load(tmp_path / "run" / "state.pt", weights_only=True)["step"]
+    assert step >= 2
+    assert f"stopped at step {step}" in err
+
+
 def test_basicsr_plugin_smoke(tmp_path):
     assert "l_g_pix" in _run("basicsr_plugin.py", "--smoke", cwd=tmp_path).stdout
 

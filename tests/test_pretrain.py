@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -96,20 +97,43 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert torch.load(ckpt, weights_only=True)["step"] == 2
 
 
-def test_ctrl_c_saves(tmp_path, monkeypatch):
-    out = tmp_path / "run"
+def _signal_during_step(monkeypatch, at_step: int, times: int) -> None:
+    """Deliver Ctrl-C ``times`` times in the middle of step ``at_step``, as a user would."""
+    import signal
+
     real_step = pretrain_mod._Run.train_step
 
-    def step_then_interrupt(self, hr, lr):  # type: ignore[no-untyped-def]
-        result = real_step(self, hr, lr)
-        if self.step == 3:
-            raise KeyboardInterrupt
-        return result
+    def step_with_signal(self, hr, lr):  # type: ignore[no-untyped-def]
+        if self.step + 1 == at_step:
+            for _ in range(times):
+                signal.raise_signal(signal.SIGINT)
+        return real_step(self, hr, lr)
 
-    monkeypatch.setattr(pretrain_mod._Run, "train_step", step_then_interrupt)
-    assert run_cli(main, [*_args(out), "--steps", "50", "--batch-size", "2", "--save-every", "100"]) == 130
-    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 3
-    assert AutoEncoder.from_pretrained(out).config["num_feat"] == 16
+    monkeypatch.setattr(pretrain_mod._Run, "train_step", step_with_signal)
+
+
+def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(tmp_path, monkeypatch, caplog):
+    common = ["--batch-size", "2", "--save-every", "100", "--log-every", "2"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main([*_args(straight), *common, "--steps", "6"]) == 0
+    with monkeypatch.context() as patch:
+        _signal_during_step(patch, at_step=3, times=1)
+        assert run_cli(main, [*_args(split), *common, "--steps", "6"]) == 130
+    assert "stopping after the current step" in caplog.text
+    assert torch.load(split / "checkpoints" / "last.pt", weights_only=True)["step"] == 3
+    assert AutoEncoder.from_pretrained(split).config["num_feat"] == 16
+    assert main([*_args(split), *common, "--steps", "6", "--resume"]) == 0
+    a, b = load_file(straight / "model.safetensors"), load_file(split / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_second_ctrl_c_aborts_without_saving(tmp_path, monkeypatch, caplog):
+    out = tmp_path / "run"
+    _signal_during_step(monkeypatch, at_step=2, times=2)
+    assert run_cli(main, [*_args(out), "--steps", "50", "--batch-size", "2", "--save-every", "1"]) == 130
+    assert "aborted without saving" in caplog.text
+    # step 1's checkpoint is intact; nothing was written mid-step 2
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 1
 
 
 @pytest.mark.parametrize(
@@ -220,25 +244,36 @@ def test_same_weights_with_any_number_of_workers(tmp_path):
     assert all(torch.equal(runs["0"][k], runs["2"][k]) for k in runs["0"])
 
 
-def test_sigterm_saves_and_exits(tmp_path):
+@pytest.mark.parametrize(
+    ("sig", "workers", "to_group"),
+    [("SIGTERM", "0", False), ("SIGINT", "2", True)],
+    ids=["sigterm-to-process", "ctrl-c-to-process-group-with-workers"],
+)
+def test_signal_finishes_step_saves_and_exits(tmp_path, sig, workers, to_group):
     import signal
     import time
 
     out = tmp_path / "run"
+    args = [a if a != "0" else workers for a in _args(out)]  # TINY sets --workers 0
     proc = subprocess.Popen(
-        [sys.executable, "-m", "aesop_loss.pretrain", *_args(out), "--steps", "100000", "--batch-size", "1",
+        [sys.executable, "-m", "aesop_loss.pretrain", *args, "--steps", "100000", "--batch-size", "1",
          "--save-every", "100000", "--log-every", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    signum = getattr(signal, sig)
+    if to_group:  # what a terminal's Ctrl-C does: the DataLoader workers get it too
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err
     step = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"]
     assert step >= 1
+    assert f"stopped at step {step}" in err
     assert AutoEncoder.from_pretrained(out).config["num_feat"] == 16
 
 
@@ -260,3 +295,33 @@ def test_amp_runs_on_cpu(tmp_path, amp):
     losses = [m["loss_rec"] for m in _metrics(out)]
     assert len(losses) == 2
     assert all(0 < x < 10 for x in losses)
+
+
+def _stop_vote(rank: int, store_path: str, results: Any) -> None:
+    import torch.distributed as dist
+
+    from aesop_loss._cli import StopRequest
+
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=2)
+    env = pretrain_mod._Dist(rank=rank, world=2, device=torch.device("cpu"))
+    stop = StopRequest()
+    stop.requested = rank == 0  # only rank 0 got the signal (so far)
+    every = pretrain_mod._STOP_CHECK_EVERY
+    results.put((rank, [pretrain_mod._stop_agreed(stop, step, env) for step in (every - 1, every)]))
+    dist.destroy_process_group()
+
+
+def test_ddp_ranks_agree_on_when_to_stop(tmp_path):
+    # a rank that stopped alone would leave the others waiting in the next all-reduce forever
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_stop_vote, args=(r, str(tmp_path / "store"), results)) for r in (0, 1)]
+    for proc in procs:
+        proc.start()
+    votes = dict(results.get(timeout=120) for _ in procs)
+    for proc in procs:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+    assert votes == {0: [False, True], 1: [False, True]}  # both stop, after the same step

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from types import FrameType, TracebackType
+from typing import Any
 
 from .checkpoints import CheckpointError
 
-__all__ = ["CLIError", "run_cli"]
+__all__ = ["CLIError", "StopRequest", "run_cli"]
+
+logger = logging.getLogger(__name__)
 
 
 class CLIError(Exception):
@@ -36,3 +42,49 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM as a request to stop a training loop at its next step boundary.
+
+    A checkpoint written between steps resumes exactly; one written mid-step (after the optimiser
+    step, before the step counter moved) would not. So the first signal only sets ``requested``,
+    and the loop saves and stops when the current step is done. A second signal raises
+    ``KeyboardInterrupt`` at once: the loop must then stop without saving.
+
+    Examples:
+        >>> with StopRequest() as stop:
+        ...     for step in range(3):
+        ...         if stop.requested:
+        ...             break
+        >>> stop.requested
+        False
+    """
+
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning(
+            "%s: stopping after the current step and saving; press Ctrl-C again to abort without saving",
+            signal.Signals(signum).name,
+        )
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():  # handlers live in the main thread
+            for sig in self._SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()

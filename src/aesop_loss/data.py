@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import signal
 import tarfile
 import urllib.error
 import urllib.request
@@ -44,6 +45,8 @@ __all__ = [
     "ImageSet",
     "RemoteArchive",
     "SampleStream",
+    "collate_crops",
+    "ignore_stop_signals",
     "list_images",
     "load_image",
     "prepare_data",
@@ -463,6 +466,17 @@ def _bicubic_lr(hr: Tensor, top: int, left: int, crop: int, scale: int) -> Tenso
 def collate_crops(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
     """Concatenate items of several crops each into one batch."""
     return torch.cat([b[0] for b in batch]), torch.cat([b[1] for b in batch])
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """``DataLoader`` ``worker_init_fn``: leave Ctrl-C and SIGTERM to the training process.
+
+    A terminal's Ctrl-C (and a batch system's SIGTERM) reaches every process of the job. Workers
+    that died of it would fail the batch the training loop still needs to finish its step before
+    saving; the loop shuts its workers down itself, and they exit when their parent does.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class SampleStream(Sampler[int]):

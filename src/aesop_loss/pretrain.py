@@ -7,14 +7,14 @@ detected from the ``RANK`` / ``WORLD_SIZE`` variables: NCCL on CUDA, gloo on CPU
 
 ``--out DIR`` is a model folder after the first save (``config.json`` + ``model.safetensors`` of the
 EMA weights + model card), so ``AESOPLoss(ae=DIR)`` works on a finished or running run. The full
-training state goes to ``DIR/checkpoints/last.pt`` (atomically) every ``--save-every`` steps and on
-Ctrl-C / SIGTERM; ``--resume`` continues it exactly.
+training state goes to ``DIR/checkpoints/last.pt`` (atomically) every ``--save-every`` steps, and
+when Ctrl-C or SIGTERM stops the run: it finishes the current step, saves and exits (status 130; a
+second Ctrl-C aborts at once without saving). ``--resume`` continues a run exactly.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import errno
@@ -23,10 +23,9 @@ import logging
 import math
 import os
 import shlex
-import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ._cli import CLIError, run_cli
+from ._cli import CLIError, StopRequest, run_cli
 from ._io import atomic_path
 from .archs import AutoEncoder, RRDBNet
 from .data import (
@@ -46,6 +45,7 @@ from .data import (
     DataError,
     SampleStream,
     collate_crops,
+    ignore_stop_signals,
     load_image,
     prepare_data,
     prepare_validation,
@@ -170,20 +170,19 @@ def _signature(cfg: PretrainConfig) -> dict[str, Any]:
     return {k: getattr(cfg, k) for k in _RESUME_KEYS}
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+# Under DDP every rank must stop after the same step: ranks agree on a stop request every this many
+# steps (one small all-reduce and host sync; a single process checks after every step for free).
+_STOP_CHECK_EVERY = 10
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+
+def _stop_agreed(stop: StopRequest, step: int, env: _Dist) -> bool:
+    if env.world == 1:
+        return stop.requested
+    if step % _STOP_CHECK_EVERY:
+        return False
+    flag = torch.tensor([float(stop.requested)], device=env.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 class _Run:
@@ -400,6 +399,7 @@ def _train(cfg: PretrainConfig, env: _Dist) -> Path:
         collate_fn=collate_crops,
         pin_memory=env.device.type == "cuda",
         persistent_workers=cfg.workers > 0,
+        worker_init_fn=ignore_stop_signals if cfg.workers > 0 else None,
         prefetch_factor=4 if cfg.workers > 0 else None,
     )
     val_set = _validation_set(val_paths, cfg.scale) if env.main else []
@@ -409,8 +409,9 @@ def _train(cfg: PretrainConfig, env: _Dist) -> Path:
     sums = torch.zeros(2, device=env.device)
     window, t0 = 0, time.perf_counter()
     batches = iter(loader)
+    stopped = False
     try:
-        with _sigterm_as_interrupt():
+        with StopRequest() as stop:
             while run.step < cfg.steps:
                 hr, lr = next(batches)
                 rec, bott = run.train_step(hr, lr)
@@ -441,14 +442,24 @@ def _train(cfg: PretrainConfig, env: _Dist) -> Path:
                     )
                     with open(metrics_file, "a", encoding="utf-8") as fh:
                         fh.write(json.dumps({"step": run.step, **run.best}) + "\n")
-                if run.step % cfg.save_every == 0 or run.step == cfg.steps:
+                saved = run.step % cfg.save_every == 0 or run.step == cfg.steps
+                if saved:
                     run.save()
-    except KeyboardInterrupt:
+                if run.step < cfg.steps and _stop_agreed(stop, run.step, env):
+                    stopped = True
+                    if not saved:
+                        run.save()
+                    break
+    except KeyboardInterrupt:  # a second Ctrl-C: mid-step, so a checkpoint now would not resume exactly
         bar.close()
-        run.save()
-        logger.info("interrupted at step %d; saved %s (continue with --resume)", run.step, run.ckpt)
+        logger.warning(
+            "aborted without saving (mid-step, it would not resume exactly); last checkpoint: %s", run.ckpt
+        )
         raise
     bar.close()
+    if stopped:
+        logger.info("stopped at step %d; saved %s (continue with --resume)", run.step, run.ckpt)
+        raise KeyboardInterrupt
     if cfg.push_to_hub and env.main:
         logger.info("pushed: %s", push_folder_to_hub(out, cfg.push_to_hub))
     return out
