@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             torch._foreach_lerp_(list(g_ema.parameters()), [q.detach() for q in g.parameters()], 1e-3)
         if step % args.val_every == 0 or step == args.steps:
             scores = validate(g_ema, ae, val, device)
-            losses = {"l_pix": float(l_pix), "l_gan": float(l_gan), "l_d": float(loss_d)}
+            losses = {"l_pix": l_pix.item(), "l_gan": l_gan.item(), "l_d": loss_d.item()}
             record = {
                 "step": step,
                 **losses,
