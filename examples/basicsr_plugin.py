@@ -26,11 +26,17 @@ Forks:
   ``loss_weight`` inside each loss, but it already registers a loss named ``AESOPLoss`` (its own AE
   layout, MS-SSIM-L1 criterion by default, inputs cast to fp32 under autocast). Register this one
   under another name: ``register(name="AESOPLossRef")`` and ``type: AESOPLossRef``. Its training
-  loop runs losses under ``torch.autocast``; this AESOPLoss runs the AE in the autocast dtype and
-  accumulates the distance in fp32 (pass a fp32-only setup if you need the reference's exact
-  numbers).
-- neosr descends from BasicSR too; its registry and loss conventions were not verified for this
-  example: check where its losses apply ``loss_weight`` before relying on this file there.
+  loop runs losses under ``torch.autocast``. This AESOPLoss still runs the AE in fp32 there by
+  default (``precision: fp32``, the reference's numbers); ``precision: auto`` follows the loop's
+  autocast instead, which is faster and less exact.
+- neosr (checked against muslll/neosr, ``neosr/losses/__init__.py`` and ``neosr/models/image.py``)
+  also builds ``LOSS_REGISTRY.get(type)(**opt)`` from ``neosr.utils.registry`` and keeps
+  ``loss_weight`` inside the loss. It calls ``cri_pix(output, gt)`` with two arguments inside
+  ``torch.autocast("cuda", ...)`` when ``use_amp`` is on, and moves every loss with
+  ``.to(device, memory_format=torch.channels_last)``. That converts the AE's weights to
+  channels-last, which moves results by ~1e-5 relative and is otherwise harmless. Register with
+  ``register(LOSS_REGISTRY)`` after ``from neosr.utils.registry import LOSS_REGISTRY``, then use
+  ``pixel_opt: {type: AESOPLoss, ae: ...}``.
 
     python examples/basicsr_plugin.py --smoke   # builds the loss from options through a registry
 """

@@ -96,6 +96,25 @@ def test_basicsr_plugin_smoke(tmp_path):
     assert "l_g_pix" in _run("basicsr_plugin.py", "--smoke", cwd=tmp_path).stdout
 
 
+@pytest.mark.filterwarnings("ignore:Loaded the bundled demo AE")
+def test_neosr_calling_convention():
+    # neosr: build from the registry, .to(device, memory_format=channels_last), then
+    # cri_pix(output, gt) under autocast; the result equals a plain fp32 call
+    import basicsr_plugin
+
+    registry = basicsr_plugin.StandInRegistry()
+    basicsr_plugin.register(registry)
+    opt = {"type": "AESOPLoss", "ae": "demo", "loss_weight": 0.5}
+    cri_pix = basicsr_plugin.build_loss(registry, opt).to("cpu", memory_format=torch.channels_last)
+    assert cri_pix.ae.decoder.conv_first.weight.is_contiguous(memory_format=torch.channels_last)
+    reference = AESOPLoss("demo", loss_weight=0.5)
+    output, gt = torch.rand(1, 3, 32, 32, requires_grad=True), torch.rand(1, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = cri_pix(output, gt)
+    assert loss.dtype == torch.float32
+    assert torch.allclose(loss, reference(output, gt), rtol=1e-4)
+
+
 def test_basicsr_calling_convention():
     import basicsr_plugin
 
