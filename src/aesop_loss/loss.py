@@ -191,12 +191,12 @@ class AESOPLoss(nn.Module):
 
     def _embed(self, x: Tensor, scope: _TF32Scope | None = None) -> Tensor:
         if scope is not None:  # backward reaches this node last: restore the caller's setting
-            x = _LeaveOnBackward.apply(x, scope)
+            x = _CallOnBackward.apply(x, scope.leave)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = self._net(x)
         if scope is not None:  # backward reaches this node first: apply this loss's setting
-            y = _EnterOnBackward.apply(y, scope)
+            y = _CallOnBackward.apply(y, scope.enter)
         return y
 
     def _backward_scope(self, sr: Tensor) -> _TF32Scope | None:
@@ -349,31 +349,17 @@ class _TF32Scope:
             self.previous = None
 
 
-class _EnterOnBackward(torch.autograd.Function):
-    """Identity; its backward switches to the scope's TF32 setting (it runs before the AE's)."""
+class _CallOnBackward(torch.autograd.Function):
+    """Identity whose backward calls ``action``: marks where a backward pass enters or leaves the AE."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, scope: _TF32Scope) -> Tensor:
-        ctx.scope = scope
+    def forward(ctx: Any, x: Tensor, action: Callable[[], None]) -> Tensor:
+        ctx.action = action
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        ctx.scope.enter()
-        return grad, None
-
-
-class _LeaveOnBackward(torch.autograd.Function):
-    """Identity; its backward restores the caller's TF32 setting (it runs after the AE's)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, scope: _TF32Scope) -> Tensor:
-        ctx.scope = scope
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        ctx.scope.leave()
+        ctx.action()
         return grad, None
 
 
