@@ -77,8 +77,9 @@ class AESOPLoss(nn.Module):
         check_values: Also reject NaN/Inf inputs and values far outside [0, 1]. Off by default
             because the checks synchronise with the GPU on every call.
         precision: Arithmetic of the AE passes. ``"fp32"`` (default) runs them in true fp32 even
-            inside the caller's ``torch.autocast`` and with TF32 convolutions switched off on CUDA
-            (the reference's numbers); ``"tf32"`` allows TF32 convolutions on Ampere+ GPUs;
+            inside the caller's ``torch.autocast`` and with TF32 convolutions switched off on CUDA,
+            in forward and backward (the reference's numbers; the caller's own layers keep the
+            caller's setting); ``"tf32"`` allows TF32 convolutions on Ampere+ GPUs;
             ``"bf16"`` / ``"fp16"`` run them under autocast of that type; ``"auto"`` follows the
             caller's autocast and TF32 settings. Distances are always accumulated in fp32.
         channels_last: Run the AE in channels-last memory format (converts the AE's weights in
