@@ -103,6 +103,29 @@ def test_crops_are_aligned_deterministic_and_augmented():
     assert sorted(ds.image_index(g) for g in range(len(ds))) == list(range(len(ds)))
 
 
+def test_color_jitter_scales_hr_and_lr_channels_alike():
+    images = ImageSet([p for p in list_images(IMAGES) if p.name in ("coffee.png", "astronaut.png")])
+    plain = CropDataset(images, crop=32, scale=4, seed=1)
+    jittered = CropDataset(images, crop=32, scale=4, seed=1, color_jitter=0.25)
+    ratios = []
+    for g in range(12):
+        (hr0, lr0), (hr1, lr1) = plain[g], jittered[g]
+        # the same crop, each channel scaled by one gain in HR and LR (up to rounding and clipping)
+        keep0 = (hr0 > 20) & (hr0 < 200)
+        gain = (hr1.float()[keep0].sum() / hr0.float()[keep0].sum()).item()
+        ratios.append(gain)
+        for c in range(3):
+            k_hr, k_lr = keep0[0, c], (lr0[0, c] > 20) & (lr0[0, c] < 200)
+            g_hr = hr1[0, c].float()[k_hr].sum() / hr0[0, c].float()[k_hr].sum()
+            g_lr = lr1[0, c].float()[k_lr].sum() / lr0[0, c].float()[k_lr].sum()
+            assert 0.74 <= g_hr <= 1.26
+            assert abs(float(g_hr - g_lr)) < 0.01
+    assert max(ratios) - min(ratios) > 0.05  # the gains vary from crop to crop
+    again = CropDataset(images, crop=32, scale=4, seed=1, color_jitter=0.25)[7]
+    assert torch.equal(again[0], jittered[7][0])  # deterministic per (seed, sample)
+    assert torch.equal(CropDataset(images, crop=32, scale=4, seed=1, color_jitter=0.0)[3][0], plain[3][0])
+
+
 def test_paired_lr_folder(tmp_path):
     hr_dir, lr_dir = tmp_path / "hr", tmp_path / "lr"
     hr_dir.mkdir()

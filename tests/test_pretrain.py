@@ -142,11 +142,12 @@ def test_second_ctrl_c_aborts_without_saving(tmp_path, monkeypatch, caplog):
         (["--data", "/no/such/dir"], "neither a dataset name"),
         (["--data", "EMPTY"], "holds no images"),
         (["--crop", "30"], "--crop 30 is not a multiple of --scale 4"),
+        (["--color-jitter", "1.5"], "--color-jitter must be in"),
         (["--crop", "4096"], "no usable images"),
         (["--resume"], "no checkpoint at"),
         (["--device", "cuda"] if not torch.cuda.is_available() else ["--amp", "fp8"], "cuda|amp"),
     ],
-    ids=["missing", "empty", "crop-scale", "too-small", "resume-nothing", "device"],
+    ids=["missing", "empty", "crop-scale", "color-jitter", "too-small", "resume-nothing", "device"],
 )
 def test_bad_input_is_one_line(tmp_path, capsys, argv, needle):
     (tmp_path / "empty").mkdir()
@@ -172,6 +173,21 @@ class _no_warning:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def test_color_jitter_flag_and_resume_of_runs_from_before_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*_args(out), "--steps", "1", "--batch-size", "2", "--save-every", "1"]) == 0
+    ckpt = out / "checkpoints" / "last.pt"
+    state = torch.load(ckpt, weights_only=True)
+    del state["config"]["color_jitter"]  # a checkpoint written before the option existed
+    torch.save(state, ckpt)
+    assert main([*_args(out), "--steps", "2", "--batch-size", "2", "--save-every", "1", "--resume"]) == 0
+    code = run_cli(
+        main, [*_args(out), "--steps", "3", "--batch-size", "2", "--color-jitter", "0.2", "--resume"]
+    )
+    assert code == 2
+    assert "color_jitter=0.0 (now 0.2)" in capsys.readouterr().err
 
 
 def test_resume_with_other_configuration(tmp_path, capsys):

@@ -324,6 +324,10 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
         seed: Base seed.
         crops_per_image: Crops taken per image read.
         augment: Random flips and 90-degree rotations.
+        color_jitter: Also scale each RGB channel of a crop by a random gain in
+            ``[1 - color_jitter, 1 + color_jitter]`` (HR and LR alike; the bicubic LR of a scaled
+            crop is the scaled LR). Colour augmentation for small training sets, where an AE
+            otherwise memorises the photos' colours instead of reading them from its input.
         cache_dir: Where decoded pixels are kept when they do not fit in RAM.
         ram_budget_bytes: Decode everything into RAM up front when it fits in this budget.
 
@@ -347,6 +351,7 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
         seed: int,
         crops_per_image: int = 1,
         augment: bool = True,
+        color_jitter: float = 0.0,
         cache_dir: str | os.PathLike[str] | None = None,
         ram_budget_bytes: int = 8 << 30,
     ) -> None:
@@ -365,6 +370,7 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
         self.lr = [images.lr[i] for i in keep] if images.lr is not None else None
         self.crop, self.scale, self.seed = crop, scale, seed
         self.crops_per_image, self.augment = crops_per_image, augment
+        self.color_jitter = color_jitter
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._ram: dict[Path, Tensor] = {}
         self._bad: set[int] = set()
@@ -443,9 +449,16 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
                 ):
                     if flag:
                         hr_crop, lr_crop = op(hr_crop), op(lr_crop)
+            if self.color_jitter > 0:  # drawn only when on: runs without it keep their crops
+                gain = 1 + self.color_jitter * (2 * torch.rand(3, 1, 1, generator=gen) - 1)
+                hr_crop, lr_crop = (_scaled(t, gain) for t in (hr_crop, lr_crop))
             hrs.append(hr_crop.contiguous())
             lrs.append(lr_crop.contiguous())
         return torch.stack(hrs), torch.stack(lrs)
+
+
+def _scaled(pixels: Tensor, gain: Tensor) -> Tensor:
+    return (pixels.float() * gain).round().clamp(0, 255).to(torch.uint8)
 
 
 def _bicubic_lr(hr: Tensor, top: int, left: int, crop: int, scale: int) -> Tensor:

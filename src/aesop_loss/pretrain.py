@@ -61,7 +61,7 @@ logger = logging.getLogger(__name__)
 # Settings that must match for --resume to continue the same run.
 _RESUME_KEYS = (
     "data", "num_feat", "num_block", "num_grow_ch", "scale", "encoder", "batch_size", "crop",
-    "crops_per_image", "lr", "ema", "bottleneck_weight", "seed", "world_size",
+    "crops_per_image", "color_jitter", "lr", "ema", "bottleneck_weight", "seed", "world_size",
 )  # fmt: skip
 
 
@@ -95,6 +95,7 @@ class PretrainConfig:
     val_every: int = 5_000
     log_every: int = 50
     crops_per_image: int = 4
+    color_jitter: float = 0.0
     resume: bool = False
     push_to_hub: str | None = None
     world_size: int = 1
@@ -290,7 +291,9 @@ class _Run:
                 f"--resume: {self.ckpt} is not a readable checkpoint ({exc.__class__.__name__})."
             ) from exc
         theirs, ours = state.get("config", {}), _signature(self.cfg)
-        diff = [f"{k}={theirs.get(k)!r} (now {ours[k]!r})" for k in ours if theirs.get(k) != ours[k]]
+        # a key newer than the checkpoint counts as its default (older runs stay resumable)
+        theirs = {k: theirs.get(k, getattr(PretrainConfig, k, None)) for k in ours}
+        diff = [f"{k}={theirs[k]!r} (now {ours[k]!r})" for k in ours if theirs[k] != ours[k]]
         if diff:
             raise CLIError(f"--resume: {self.out} is a run with another configuration: {', '.join(diff)}.")
         self.ae.load_state_dict(state["model"])
@@ -336,6 +339,8 @@ def _check(cfg: PretrainConfig) -> None:
         raise CLIError(f"--amp must be none, bf16 or fp16, got {cfg.amp}.")
     if not 0.0 <= cfg.ema < 1.0:
         raise CLIError(f"--ema must be in [0, 1), got {cfg.ema}.")
+    if not 0.0 <= cfg.color_jitter < 1.0:
+        raise CLIError(f"--color-jitter must be in [0, 1), got {cfg.color_jitter}.")
 
 
 def train(cfg: PretrainConfig) -> Path:
@@ -387,6 +392,7 @@ def _train(cfg: PretrainConfig, env: _Dist) -> Path:
             scale=cfg.scale,
             seed=cfg.seed,
             crops_per_image=cpi,
+            color_jitter=cfg.color_jitter,
             cache_dir=Path(cfg.data_dir or out) / ".decoded",
         )
     except DataError as exc:
@@ -487,6 +493,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--crops-per-image", type=int, default=d.crops_per_image, help="crops taken per image read"
+    )
+    g.add_argument(
+        "--color-jitter",
+        type=float,
+        default=d.color_jitter,
+        help="random per-channel gain 1 +- this per crop (colour augmentation for small sets; default off)",
     )
     g = p.add_argument_group("model (mirrors AutoEncoder's constructor)")
     g.add_argument("--num-feat", type=int, default=d.num_feat)
