@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         for module, key in ((g, "g"), (d, "d"), (g_ema, "g_ema"), (opt_g, "opt_g"), (opt_d, "opt_d")):
             module.load_state_dict(state[key])
         scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"].cpu())  # map_location moved it to --device
         start = int(state["step"])
         logger.info("resumed %s at step %d", args.out, start)
     elif state_path.exists():
