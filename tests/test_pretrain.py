@@ -127,8 +127,19 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(tmp_path, monkeypatc
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_second_ctrl_c_aborts_without_saving(tmp_path, monkeypatch, caplog):
+def test_duplicate_signals_count_as_one_stop(tmp_path, monkeypatch):
+    # a terminal's Ctrl-C plus torchrun forwarding it: two signals at once, one graceful stop
     out = tmp_path / "run"
+    _signal_during_step(monkeypatch, at_step=2, times=2)
+    assert run_cli(main, [*_args(out), "--steps", "50", "--batch-size", "2", "--save-every", "100"]) == 130
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 2
+
+
+def test_second_ctrl_c_aborts_without_saving(tmp_path, monkeypatch, caplog):
+    from aesop_loss._cli import StopRequest
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(StopRequest, "repeat_window", 0.0)  # a human's second press, not a duplicate
     _signal_during_step(monkeypatch, at_step=2, times=2)
     assert run_cli(main, [*_args(out), "--steps", "50", "--batch-size", "2", "--save-every", "1"]) == 130
     assert "aborted without saving" in caplog.text

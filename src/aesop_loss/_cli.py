@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from types import FrameType, TracebackType
 from typing import Any
@@ -50,7 +51,9 @@ class StopRequest:
     A checkpoint written between steps resumes exactly; one written mid-step (after the optimiser
     step, before the step counter moved) would not. So the first signal only sets ``requested``,
     and the loop saves and stops when the current step is done. A second signal raises
-    ``KeyboardInterrupt`` at once: the loop must then stop without saving.
+    ``KeyboardInterrupt`` at once: the loop must then stop without saving. Signals within
+    ``repeat_window`` seconds of the first count as the same request: a terminal's Ctrl-C reaches
+    every process of the job, and ``torchrun`` forwards it to its workers a moment later.
 
     Examples:
         >>> with StopRequest() as stop:
@@ -62,15 +65,20 @@ class StopRequest:
     """
 
     _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    repeat_window = 1.0
 
     def __init__(self) -> None:
         self.requested = False
+        self._first = 0.0
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        now = time.monotonic()
         if self.requested:
+            if now - self._first < self.repeat_window:
+                return  # the same stop request, delivered twice
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self._first = True, now
         logger.warning(
             "%s: stopping after the current step and saving; press Ctrl-C again to abort without saving",
             signal.Signals(signum).name,
