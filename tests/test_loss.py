@@ -357,6 +357,29 @@ def test_tf32_setting_restored_when_backward_stops_inside_the_ae():
     assert torch.backends.cudnn.allow_tf32 is True
 
 
+@pytest.mark.usefixtures("restore_cudnn_tf32")
+def test_tf32_setting_restored_after_a_backward_that_raised():
+    # e.g. out of memory in the AE's backward, caught by the training loop, which skips the batch
+    ae = _pretrained_tiny()
+    failing = [True]
+
+    def maybe_fail(module, grad):
+        if failing[0]:
+            raise RuntimeError("simulated out of memory")
+
+    ae.decoder.conv_first.register_full_backward_pre_hook(maybe_fail)
+    loss_fn = AESOPLoss(ae)
+    torch.backends.cudnn.allow_tf32 = True
+    sr = torch.rand(1, 3, 16, 16, requires_grad=True)
+    with pytest.raises(RuntimeError, match="simulated"):
+        loss_fn(sr, torch.rand(1, 3, 16, 16)).backward()
+    failing[0] = False
+    loss = loss_fn(sr, torch.rand(1, 3, 16, 16))  # the next step
+    assert torch.backends.cudnn.allow_tf32 is True
+    loss.backward()
+    assert torch.backends.cudnn.allow_tf32 is True
+
+
 def test_low_precision_inputs_follow_ae_dtype(reference_ae, ae_golden):
     sr = ae_golden["sr"].bfloat16().requires_grad_()
     loss = AESOPLoss(reference_ae)(sr, ae_golden["gt"].bfloat16())

@@ -170,6 +170,7 @@ class AESOPLoss(nn.Module):
         if compile:
             net = torch.compile(net, backend=compile if isinstance(compile, str) else "inductor")  # type: ignore[assignment]
         object.__setattr__(self, "_net", net)
+        self._last_scope: _TF32Scope | None = None
         self.register_state_dict_post_hook(_drop_ae_from_state_dict)
         self.register_load_state_dict_pre_hook(_keep_ae_on_load)
 
@@ -246,6 +247,9 @@ class AESOPLoss(nn.Module):
         """
         param = next(self.ae.parameters())
         self._validate(sr, hr, param)
+        if self._last_scope is not None:  # a backward that raised inside the AE kept the setting
+            self._last_scope.leave()
+        scope = self._last_scope = self._backward_scope(sr)
         device_type = sr.device.type
         with self._precision(device_type):
             if not torch.is_autocast_enabled(device_type) and sr.dtype != param.dtype:
@@ -253,7 +257,7 @@ class AESOPLoss(nn.Module):
             with torch.no_grad():
                 target = self._embed(hr.detach())
             with self._checkpointing():
-                pred = self._embed(sr, self._backward_scope(sr))
+                pred = self._embed(sr, scope)
         # Distances accumulate in at least fp32, also when the AE ran under autocast.
         acc = torch.promote_types(pred.dtype, torch.float32)
         if self.as_loss_map:
