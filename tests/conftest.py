@@ -12,7 +12,17 @@ AE_CKPT = OFFICIAL / "official_rrdb_ae_small.pth"
 AE_GOLDEN = OFFICIAL / "official_rrdb_ae_small.golden.safetensors"
 RRDB_CKPT = OFFICIAL / "basicsr_rrdbnet_x4_small.pth"
 RRDB_GOLDEN = OFFICIAL / "basicsr_rrdbnet_x4_small.golden.safetensors"
-IMAGES = Path(__file__).parent / "data" / "images"
+IMAGES = Path(__file__).parents[1] / "examples" / "images"  # the CC0 / public-domain sample photos
+
+
+def wait_for_file(path: Path, timeout: float) -> None:
+    """Poll until a running subprocess has written ``path`` (or ``timeout`` seconds pass)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 

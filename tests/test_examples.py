@@ -12,6 +12,8 @@ import torch
 from aesop_loss import AESOPLoss, AutoEncoder
 from aesop_loss.hub import DEMO_AE_DIR
 
+from conftest import wait_for_file
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
@@ -73,16 +75,13 @@ def test_train_esrgan_resumes_exactly(tmp_path):
 
 def test_train_esrgan_ctrl_c_saves_and_exits(tmp_path):
     import signal
-    import time
 
     proc = subprocess.Popen(
         [sys.executable, str(EXAMPLES / "train_esrgan.py"), "--smoke", "--device", "cpu", "--steps", "100000",
          "--out", "run"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "run" / "state.pt").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for_file(tmp_path / "run" / "state.pt", timeout=120)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]

@@ -16,7 +16,7 @@ from aesop_loss import pretrain as pretrain_mod
 from aesop_loss._cli import run_cli
 from aesop_loss.pretrain import main
 
-from conftest import IMAGES
+from conftest import IMAGES, wait_for_file
 
 TINY = ["--num-feat", "16", "--num-block", "1", "--num-grow-ch", "8", "--crop", "32", "--workers", "0"]
 
@@ -278,7 +278,6 @@ def test_same_weights_with_any_number_of_workers(tmp_path):
 )
 def test_signal_finishes_step_saves_and_exits(tmp_path, sig, workers, to_group):
     import signal
-    import time
 
     out = tmp_path / "run"
     args = [a if a != "0" else workers for a in _args(out)]  # TINY sets --workers 0
@@ -287,9 +286,7 @@ def test_signal_finishes_step_saves_and_exits(tmp_path, sig, workers, to_group):
          "--save-every", "100000", "--log-every", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for_file(out / "metrics.jsonl", timeout=60)
     signum = getattr(signal, sig)
     if to_group:  # what a terminal's Ctrl-C does: the DataLoader workers get it too
         os.killpg(proc.pid, signum)
