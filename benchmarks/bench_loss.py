@@ -177,22 +177,24 @@ def main(argv: list[str] | None = None) -> int:
         ("AESOPLoss fp32 channels_last", aesop(channels_last=True), "fp32"),
         ("AESOPLoss fp32 memory_efficient", aesop(memory_efficient=True), "fp32"),
     ]
+
+    def bf16() -> tuple[str, Callable[[], None], str]:
+        return "AESOPLoss bf16 channels_last", aesop(precision="bf16", channels_last=True), "bf16"
+
     if cuda:
         variants += [
             ("naive, PyTorch default (TF32)", step(naive), "tf32"),
             ("AESOPLoss tf32 channels_last", aesop(precision="tf32", channels_last=True), "tf32"),
             ("AESOPLoss fp16 channels_last", aesop(precision="fp16", channels_last=True), "fp16"),
-        ]
-    if cuda or args.cpu_bf16:
-        variants.append(("AESOPLoss bf16 channels_last", aesop(precision="bf16", channels_last=True), "bf16"))
-    if cuda:
-        variants.append(
+            bf16(),
             (
                 "AESOPLoss bf16 cl memory_eff.",
                 aesop(precision="bf16", channels_last=True, memory_efficient=True),
                 "bf16",
-            )
-        )
+            ),
+        ]
+    elif args.cpu_bf16:
+        variants.append(bf16())
     if args.compile:
         variants.append(
             ("AESOPLoss bf16 cl compile", aesop(precision="bf16", channels_last=True, compile=True), "bf16")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,16 @@ def wait_for_file(path: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
+
+
+def assert_stopped_and_saved(proc: subprocess.Popen[str], checkpoint: Path, timeout: float) -> int:
+    """A signalled training process exits 130 without a traceback, saying where it saved; the step."""
+    _, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    step = int(torch.load(checkpoint, weights_only=True)["step"])
+    assert f"stopped at step {step}" in err
+    return step
 
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]

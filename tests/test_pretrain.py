@@ -16,7 +16,7 @@ from aesop_loss import pretrain as pretrain_mod
 from aesop_loss._cli import run_cli
 from aesop_loss.pretrain import main
 
-from conftest import IMAGES, wait_for_file
+from conftest import IMAGES, assert_stopped_and_saved, wait_for_file
 
 TINY = ["--num-feat", "16", "--num-block", "1", "--num-grow-ch", "8", "--crop", "32", "--workers", "0"]
 
@@ -292,12 +292,7 @@ def test_signal_finishes_step_saves_and_exits(tmp_path, sig, workers, to_group):
         os.killpg(proc.pid, signum)
     else:
         proc.send_signal(signum)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-2000:]
-    assert "Traceback" not in err
-    step = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"]
-    assert step >= 1
-    assert f"stopped at step {step}" in err
+    assert assert_stopped_and_saved(proc, out / "checkpoints" / "last.pt", timeout=60) >= 1
     assert AutoEncoder.from_pretrained(out).config["num_feat"] == 16
 
 

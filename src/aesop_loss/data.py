@@ -7,9 +7,10 @@
   official base URLs (a local mirror, or a test server).
 - ``CropDataset`` decodes each image once (into RAM when the decoded set fits, otherwise into an
   on-disk cache of raw pixels), takes several random crops per read, applies flips and 90-degree
-  rotations to HR and LR alike, and computes the LR crop with MATLAB-exact bicubic when no LR
-  images were given. Randomness is a function of (seed, sample number), so a resumed run sees
-  exactly the data it would have seen, with any number of workers or processes.
+  rotations (and optionally per-channel colour gains) to HR and LR alike, and computes the LR crop
+  with MATLAB-exact bicubic when no LR images were given. Randomness is a function of (seed, sample
+  number), so a resumed run sees exactly the data it would have seen, with any number of workers or
+  processes.
 """
 
 from __future__ import annotations
@@ -230,6 +231,12 @@ def _paired(hr_files: list[Path], lr_dir: Path, scale: int | None) -> list[Path]
     return out
 
 
+def _dataset_name(data: str) -> str | None:
+    """The dataset ``data`` names (any case), unless it is an existing path."""
+    name = next((n for n in DATASET_NAMES if n.upper() == data.upper()), None)
+    return name if name is not None and not Path(data).expanduser().exists() else None
+
+
 def prepare_data(data: str, *, scale: int, data_dir: str | os.PathLike[str] | None = None) -> ImageSet:
     """Resolve ``--data`` to image files, downloading a named dataset when needed.
 
@@ -246,8 +253,8 @@ def prepare_data(data: str, *, scale: int, data_dir: str | os.PathLike[str] | No
     """
     root = Path(data_dir).expanduser() if data_dir else _default_data_dir()
     path = Path(data).expanduser()
-    if data.upper() in {n.upper() for n in DATASET_NAMES} and not path.exists():
-        name = next(n for n in DATASET_NAMES if n.upper() == data.upper())
+    name = _dataset_name(data)
+    if name is not None:
         hr: list[Path] = []
         if name in ("DIV2K", "DF2K"):
             hr += list_images(fetch_archive(DATASETS["DIV2K"]["hr"], root / "DIV2K"))
@@ -279,12 +286,11 @@ def prepare_validation(
     for a folder); ``"none"`` means no validation; ``"DIV2K"`` asks for DIV2K's explicitly; anything
     else is a folder of images.
     """
-    is_name = data.upper() in {n.upper() for n in DATASET_NAMES} and not Path(data).exists()
     if val is None:
-        val = "DIV2K" if is_name else "none"
+        val = "DIV2K" if _dataset_name(data) else "none"
     if val.lower() == "none":
         return []
-    if val.upper() == "DIV2K" and not Path(val).exists():
+    if _dataset_name(val) == "DIV2K":
         root = Path(data_dir).expanduser() if data_dir else _default_data_dir()
         return list_images(fetch_archive(DATASETS["DIV2K"]["val"], root / "DIV2K"))[:count]
     return list_images(val)

@@ -88,7 +88,8 @@ class AESOPLoss(nn.Module):
             from the reference's.
         memory_efficient: Recompute the RRDB activations of the SR pass during backward instead
             of storing them (activation checkpointing): much less memory, about one more AE
-            forward of compute.
+            forward of compute. Sets the AE's ``gradient_checkpointing`` (the HR pass runs without
+            autograd, so only the SR pass is affected).
         compile: ``torch.compile`` the AE passes: ``True`` for the default (inductor) backend, or
             a backend name (``"aot_eager"``, ``"cudagraphs"`` ...). The first call compiles.
 
@@ -163,6 +164,8 @@ class AESOPLoss(nn.Module):
         self.channels_last = channels_last
         self.memory_efficient = memory_efficient
         self._distance = _distance(criterion, eps)
+        if memory_efficient:  # set once: the HR pass runs under no_grad, where it does nothing
+            self.ae.gradient_checkpointing = True
         if channels_last:  # converts the AE's weights in place (the loss owns its frozen AE)
             self.ae.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         net: nn.Module = self.ae.encoder if space == "bottleneck" else self.ae
@@ -207,19 +210,6 @@ class AESOPLoss(nn.Module):
             return _TF32Scope(self.precision == "tf32")
         return None
 
-    @contextlib.contextmanager
-    def _checkpointing(self) -> Iterator[None]:
-        """Activation checkpointing for the SR pass only, leaving the AE's own setting as it was."""
-        if not self.memory_efficient:
-            yield
-            return
-        previous = self.ae.gradient_checkpointing
-        self.ae.gradient_checkpointing = True
-        try:
-            yield
-        finally:
-            self.ae.gradient_checkpointing = previous
-
     def _precision(self, device_type: str) -> contextlib.AbstractContextManager[object]:
         if self.precision == "auto":
             return contextlib.nullcontext()
@@ -256,8 +246,7 @@ class AESOPLoss(nn.Module):
                 sr, hr = sr.to(param.dtype), hr.to(param.dtype)
             with torch.no_grad():
                 target = self._embed(hr.detach())
-            with self._checkpointing():
-                pred = self._embed(sr, scope)
+            pred = self._embed(sr, scope)
         # Distances accumulate in at least fp32, also when the AE ran under autocast.
         acc = torch.promote_types(pred.dtype, torch.float32)
         if self.as_loss_map:

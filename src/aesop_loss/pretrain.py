@@ -354,6 +354,8 @@ def train(cfg: PretrainConfig) -> Path:
 
     Raises:
         CLIError: Bad settings, data errors, or a resume folder of another configuration.
+        KeyboardInterrupt: Ctrl-C or SIGTERM stopped the run (after saving it, unless a second
+            Ctrl-C aborted it mid-step).
     """
     _check(cfg)
     env = _setup_distributed(cfg.device)
