@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(args.steps):
-        rec, _ = run.train_step(hr, lr)
+        rec, _, _ = run.train_step(hr, lr)
     float(rec)  # one sync at the end
     dt = (time.perf_counter() - t0) / args.steps
     print(f"# bench_pretrain  {date.today()}  device {args.device}  torch {torch.__version__}  AE {arch}")

@@ -20,6 +20,7 @@ import argparse
 import copy
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -44,6 +45,7 @@ from aesop_loss.data import (
 )
 from aesop_loss.metrics import ae_psnr, lr_psnr, psnr
 from aesop_loss.resize import imresize
+from aesop_loss.runs import RunFolder, RunFolderError
 
 HERE = Path(__file__).parent
 logger = logging.getLogger("train_esrgan")
@@ -195,7 +197,43 @@ def main(argv: list[str] | None = None) -> int:
         args.num_feat, args.num_block, args.batch_size, args.crop = 16, 1, 2, 64
         args.workers, args.val_every, args.save_every = 0, 2, 2
     args.steps = args.steps or (2 if args.smoke else 400_000)
+    check_flags(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # --out must be new, empty, or this script's own run; one run at a time (see aesop_loss.runs)
+    folder = RunFolder(args.out, tool="train_esrgan", writes={"": ["*"], "generator": ["*"]},
+                       legacy="state.pt", resume=args.resume)  # fmt: skip
+    try:
+        folder.claim()
+    except RunFolderError as exc:
+        raise CLIError(str(exc)) from None
+    try:
+        return train(args, folder)
+    finally:
+        folder.release()
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Every numeric flag in range before anything is built (one line, exit 2, otherwise)."""
+    for name in ("num_feat", "num_block", "steps", "batch_size", "crop", "val_every", "save_every"):
+        if getattr(args, name) < (0 if name == "num_block" else 1):
+            raise CLIError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected a positive integer.")
+    for name in ("lr", "gan_weight", "perceptual_weight", "pixel_weight"):
+        value = getattr(args, name)
+        if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
+            raise CLIError(f"--{name.replace('_', '-')} {value}: expected a finite number >= 0 (lr > 0).")
+    if args.workers < 0 or args.seed < 0:
+        raise CLIError("--workers and --seed must be >= 0.")
+    if args.crop % 4:
+        raise CLIError(f"--crop {args.crop} is not a multiple of 4 (this recipe trains x4).")
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise CLIError(f"--device {args.device!r}: expected cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {args.device}: no CUDA GPU is available here; use --device cpu.")
+
+
+def train(args: argparse.Namespace, folder: RunFolder) -> int:
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
@@ -230,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"].cpu())  # map_location moved it to --device
         start = int(state["step"])
+        folder.trim_log("metrics.jsonl", start)
         logger.info("resumed %s at step %d", args.out, start)
     elif state_path.exists():
         raise CLIError(

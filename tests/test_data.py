@@ -153,23 +153,84 @@ def test_bad_files_are_skipped_with_one_warning_each(tmp_path):
     assert len(ds) == 1
 
 
-def test_truncated_image_is_skipped_at_decode(tmp_path):
+@pytest.mark.parametrize("ram_budget_bytes", [8 << 30, 0], ids=["ram", "disk-cache"])
+def test_truncated_image_is_skipped_at_the_start_with_a_summary(tmp_path, caplog, ram_budget_bytes):
+    import logging
+
     data = (IMAGES / "gravel.png").read_bytes()
-    (tmp_path / "a.png").write_bytes(data[: len(data) // 3])
+    (tmp_path / "a.png").write_bytes(data[: len(data) // 3])  # the header is fine, the pixels are not
     (tmp_path / "b.png").write_bytes((IMAGES / "grass.png").read_bytes())
-    ds = CropDataset(ImageSet(list_images(tmp_path)), crop=32, scale=4, seed=0, ram_budget_bytes=0)
-    with pytest.warns(UserWarning, match="cannot be decoded"):
-        items = [ds[g] for g in range(4)]
-    assert all(hr.shape == (1, 3, 32, 32) for hr, _ in items)
+    caplog.set_level(logging.INFO, logger="aesop_loss")
+    with pytest.warns(UserWarning, match=r"a\.png: cannot be decoded \(image file is truncated"):
+        ds = CropDataset(
+            ImageSet(list_images(tmp_path)), crop=32, scale=4, seed=0, cache_dir=tmp_path / "cache",
+            ram_budget_bytes=ram_budget_bytes,
+        )  # fmt: skip
+    assert ds.hr == [tmp_path / "b.png"]
+    assert "1 images usable, 1 skipped" in caplog.text
+    assert all(ds[g][0].shape == (1, 3, 32, 32) for g in range(3))
+
+
+def test_only_truncated_images_is_one_error(tmp_path):
+    data = (IMAGES / "gravel.png").read_bytes()
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(data[: len(data) // 2])
+    with (
+        pytest.warns(UserWarning, match="cannot be decoded"),
+        pytest.raises(DataError, match="no usable images"),
+    ):
+        CropDataset(ImageSet(list_images(tmp_path)), crop=32, scale=4, seed=0)
+
+
+def test_decompression_bomb_is_skipped_not_fatal(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a 64x64 image now counts as a bomb
+    Image.new("RGB", (64, 64), "gray").save(tmp_path / "bomb.png")
+    Image.new("RGB", (20, 20), "gray").save(tmp_path / "fine.png")
+    with pytest.warns(UserWarning, match=r"bomb\.png: not a readable image \(DecompressionBombError\)"):
+        ds = CropDataset(ImageSet(list_images(tmp_path)), crop=16, scale=4, seed=0)
+    assert ds.hr == [tmp_path / "fine.png"]
+
+
+def test_pair_with_a_wrong_lr_size_is_skipped(tmp_path):
+    hr_dir, lr_dir = tmp_path / "hr", tmp_path / "lr"
+    hr_dir.mkdir()
+    lr_dir.mkdir()
+    for name, lr_side in (("good", 16), ("bad", 20)):
+        Image.new("RGB", (64, 64), "gray").save(hr_dir / f"{name}.png")
+        Image.new("RGB", (lr_side, lr_side), "gray").save(lr_dir / f"{name}.png")
+    images = prepare_data(f"{hr_dir}:{lr_dir}", scale=4)
+    with pytest.warns(UserWarning, match=r"bad\.png: its LR .*bad\.png is 20x20, not 16x16"):
+        ds = CropDataset(images, crop=32, scale=4, seed=0)
+    assert ds.hr == [hr_dir / "good.png"]
+    assert ds[0][1].shape == (1, 3, 8, 8)
+
+
+@pytest.mark.parametrize(
+    ("mode", "values", "expected"),
+    [
+        ("F", [0.0, 0.25, 0.5, 1.0], [0, 64, 128, 255]),  # float TIFF in [0, 1]
+        ("I;16", [0, 257, 32768, 65535], [0, 1, 128, 255]),  # 16-bit PNG
+    ],
+    ids=["float", "16-bit"],
+)
+def test_float_and_16_bit_images_keep_their_values(tmp_path, mode, values, expected):
+    img = Image.new(mode, (4, 1))
+    img.putdata(values)
+    path = tmp_path / ("x.tif" if mode == "F" else "x.png")
+    img.save(path)
+    out = load_image(path)
+    assert out.shape == (3, 1, 4)
+    assert out[0, 0].tolist() == expected
+    assert torch.equal(out[0], out[2])
 
 
 def test_decoded_disk_cache(tmp_path):
-    ds = CropDataset(
-        ImageSet(list_images(IMAGES)[:2]), crop=32, scale=4, seed=0, cache_dir=tmp_path, ram_budget_bytes=0
-    )
+    images = ImageSet(list_images(IMAGES)[:2])
+    ds = CropDataset(images, crop=32, scale=4, seed=0, cache_dir=tmp_path, ram_budget_bytes=0)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 2  # decoded (and checked) once, up front
     first = ds[0]
-    assert len(list(tmp_path.glob("*.safetensors"))) == 1
-    assert torch.equal(ds[0][0], first[0])
+    again = CropDataset(images, crop=32, scale=4, seed=0, cache_dir=tmp_path, ram_budget_bytes=0)
+    assert torch.equal(again[0][0], first[0])
 
 
 @pytest.mark.parametrize(

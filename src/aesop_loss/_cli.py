@@ -11,7 +11,9 @@ from collections.abc import Callable, Sequence
 from types import FrameType, TracebackType
 from typing import Any
 
+from ._io import WriteError
 from .checkpoints import CheckpointError
+from .runs import RunFolderError
 
 __all__ = ["CLIError", "StopRequest", "run_cli"]
 
@@ -19,7 +21,17 @@ logger = logging.getLogger(__name__)
 
 
 class CLIError(Exception):
-    """A user-facing failure: printed as one line, exit status 2."""
+    """A user-facing failure: printed as one line; exit status 2 (bad input) unless ``exit_code`` says.
+
+    Args:
+        message: The line to print, naming the problem and the fix.
+        exit_code: 2 for bad input (the default), 1 for a run that failed on its way (a diverged
+            loss, a failed write).
+    """
+
+    def __init__(self, message: str, *, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
@@ -34,7 +46,13 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return int(main(argv) or 0)
-    except (CLIError, CheckpointError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+    except CLIError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except WriteError as exc:
+        print(f"error: {exc.strerror}", file=sys.stderr)
+        return 1
+    except (CheckpointError, RunFolderError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # disk full, I/O errors

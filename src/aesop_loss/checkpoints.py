@@ -18,13 +18,12 @@ import logging
 import os
 import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -32,8 +31,10 @@ __all__ = [
     "CheckpointError",
     "canonicalize_autoencoder",
     "canonicalize_rrdbnet",
+    "check_weights",
     "load_state_dict_strict",
     "read_state_dict",
+    "read_weights_header",
 ]
 
 logger = logging.getLogger(__name__)
@@ -88,27 +89,108 @@ def read_state_dict(path: str | os.PathLike[str]) -> StateDict:
                 "corrupted, so download or write it again."
             ) from exc
     else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-            if found is None:
-                raise CheckpointError(
-                    f"{path}: not a readable PyTorch checkpoint (the pickle stream is invalid); it "
-                    "may be truncated or corrupted, so download it again."
-                ) from exc
-            raise CheckpointError(
-                f"{path}: holds pickled Python objects ({found.group(1)}), not only tensors, so it "
-                "is refused (loading is weights_only=True). Re-save just the state dict "
-                "(torch.save({'params_ema': model.state_dict()}, ...))."
-            ) from exc
-        except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-            raise CheckpointError(
-                f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); it may be truncated or "
-                "corrupted, so download it again."
-            ) from exc
+        obj = _torch_load(path)
     return _unwrap(obj, path)
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}  # fmt: skip
+
+
+def read_weights_header(path: str | os.PathLike[str]) -> StateDict:
+    """The names, shapes and dtypes of a ``.safetensors`` file's tensors, as ``meta`` tensors.
+
+    Reads the header only, so a model's configuration can be checked against its weights before
+    anything is allocated.
+
+    Raises:
+        CheckpointError: The file is missing or not a readable safetensors file.
+
+    Examples:
+        >>> import tempfile
+        >>> from safetensors.torch import save_file
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     save_file({"w": torch.zeros(2, 3)}, f"{d}/m.safetensors")
+        ...     w = read_weights_header(f"{d}/m.safetensors")["w"]
+        >>> w.shape, w.device.type
+        (torch.Size([2, 3]), 'meta')
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file.")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            slices = {name: fh.get_slice(name) for name in fh.keys()}  # noqa: SIM118 - not a dict
+            header = {name: (sl.get_dtype(), sl.get_shape()) for name, sl in slices.items()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({exc}); it may be truncated or corrupted, so "
+            "download or write it again."
+        ) from exc
+    out: StateDict = {}
+    for name, (dtype, shape) in header.items():
+        if dtype not in _SAFETENSORS_DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype}, not a float tensor.")
+        out[name] = torch.empty(shape, dtype=_SAFETENSORS_DTYPES[dtype], device="meta")
+    check_weights(out, source=str(path))
+    return out
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch names the refused callable differently across versions ("Unsupported global:
+        # GLOBAL x", "unsupported GLOBAL x whose module ... is blocked", "Unsupported class x");
+        # without one the stream is just invalid ("Unsupported operand N").
+        text = str(exc)
+        found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"Unsupported class ([\w.]+)", text)
+        if found is None:
+            raise CheckpointError(
+                f"{path}: not a readable PyTorch checkpoint (the pickle stream is invalid); it may be "
+                "truncated or corrupted, so download it again."
+            ) from exc
+        raise CheckpointError(
+            f"{path}: refused for safety: it holds pickled Python objects ({found.group(1)}), not only "
+            "tensors, and loading them could run code (loading is weights_only=True). If you trust the "
+            "file, re-save just the state dict (torch.save({'params_ema': model.state_dict()}, ...)) or "
+            "convert it to safetensors."
+        ) from exc
+    except Exception as exc:  # zip, pickle and storage errors of a file that is not a checkpoint
+        detail = str(exc).splitlines()[0] if str(exc) else "no detail"
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__}: {detail[:200]}); "
+            "it may be truncated, corrupted or another kind of file, so download it again."
+        ) from exc
+
+
+def check_weights(sd: Mapping[str, Tensor], *, source: str) -> None:
+    """Refuse weights that cannot be a trained float network: integer/bool dtypes, NaN or Inf values.
+
+    Raises:
+        CheckpointError: Naming the first offending tensor.
+
+    Examples:
+        >>> try:
+        ...     check_weights({"w": torch.tensor([1.0, float("nan")])}, source="x.pth")
+        ... except CheckpointError as exc:
+        ...     print(str(exc)[:41])
+        x.pth: tensor 'w' holds NaN or Inf values
+    """
+    for name, value in sd.items():
+        if not value.is_floating_point():
+            raise CheckpointError(
+                f"{source}: tensor {name!r} is {value.dtype}, not a float tensor; not a network's weights."
+            )
+    for name, value in sd.items():
+        if value.device.type != "meta" and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(
+                f"{source}: tensor {name!r} holds NaN or Inf values; the weights are broken (a diverged "
+                "run?), so they are refused."
+            )
 
 
 def _unwrap(obj: Any, source: Path) -> StateDict:
@@ -132,6 +214,7 @@ def _unwrap(obj: Any, source: Path) -> StateDict:
         state[name] = value
     if not state:
         raise CheckpointError(f"{source}: the checkpoint holds no tensors.")
+    check_weights(state, source=str(source))
     return state
 
 
@@ -296,7 +379,7 @@ def canonicalize_autoencoder(
             twin = _REFERENCE_ENCODER_ALIASES[alias] + key[len(alias) :]
             if twin not in sd:
                 raise CheckpointError(f"{source}: {key!r} has no counterpart {twin!r}.")
-            if not torch.equal(sd[twin], value):
+            if value.device.type != "meta" and not torch.equal(sd[twin], value):
                 raise CheckpointError(
                     f"{source}: {key!r} and {twin!r} must hold the same tensor in a reference AE "
                     "checkpoint, but they differ; the file is inconsistent."

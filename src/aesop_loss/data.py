@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -27,6 +26,7 @@ import urllib.request
 import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -41,6 +41,7 @@ from .resize import imresize
 
 __all__ = [
     "DATASETS",
+    "DECODE_ERRORS",
     "CropDataset",
     "DataError",
     "ImageSet",
@@ -113,19 +114,36 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
 
 
 def load_image(path: str | os.PathLike[str]) -> Tensor:
-    """Decode an image of any mode (L, RGBA, P, I;16, CMYK ...) to a ``(3, H, W)`` uint8 tensor."""
+    """Decode an image of any mode to a ``(3, H, W)`` uint8 tensor, keeping its real values.
+
+    8-bit modes (L, RGB, RGBA, P, CMYK ...) convert as usual (transparency over white); 16-bit and
+    32-bit integer images are scaled from [0, 65535] to [0, 255]; float images (mode ``F``, e.g.
+    float TIFFs) are read as [0, 1] and scaled to [0, 255].
+
+    Raises:
+        OSError, ValueError, SyntaxError, Image.DecompressionBombError: The file cannot be decoded.
+    """
     with Image.open(path) as img:
         img.load()
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
             canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             rgb = Image.alpha_composite(canvas, rgba).convert("RGB")
-        elif img.mode.startswith("I;16") or img.mode == "I":
-            rgb = img.point(lambda v: v / 256).convert("RGB")
+        elif img.mode in ("F", "I") or img.mode.startswith("I;16"):
+            return _wide_to_uint8(img)
         else:
             rgb = img.convert("RGB")
     data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
     return data.view(rgb.height, rgb.width, 3).permute(2, 0, 1).contiguous()
+
+
+def _wide_to_uint8(img: Image.Image) -> Tensor:
+    """A single-channel 16/32-bit integer or float image as 8-bit RGB, by its real value range."""
+    values = torch.frombuffer(bytearray(img.convert("F").tobytes()), dtype=torch.float32)
+    values = values.view(img.height, img.width).double()
+    full = 1.0 if img.mode == "F" else 65535.0
+    gray = (values / full * 255).round().clamp(0, 255).to(torch.uint8)
+    return gray.expand(3, -1, -1).contiguous()
 
 
 # --- downloads ------------------------------------------------------------------------------------
@@ -299,6 +317,14 @@ def prepare_validation(
 # --- crops ----------------------------------------------------------------------------------------
 
 
+# What decoding an unreadable image raises (truncated, corrupt, a decompression bomb, unknown format).
+DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _skip(path: Path, why: str) -> None:
+    warnings.warn(f"skipping {path}: {why}.", stacklevel=4)
+
+
 def _readable(files: Sequence[Path], crop: int) -> dict[int, tuple[int, int]]:
     """``{index: (width, height)}`` of files whose header opens and whose sides reach ``crop``."""
     keep: dict[int, tuple[int, int]] = {}
@@ -306,11 +332,11 @@ def _readable(files: Sequence[Path], crop: int) -> dict[int, tuple[int, int]]:
         try:
             with Image.open(path) as img:
                 w, h = img.size
-        except (UnidentifiedImageError, OSError) as exc:
-            warnings.warn(f"skipping {path}: not a readable image ({exc.__class__.__name__}).", stacklevel=3)
+        except DECODE_ERRORS as exc:
+            _skip(path, f"not a readable image ({exc.__class__.__name__})")
             continue
         if min(w, h) < crop:
-            warnings.warn(f"skipping {path}: {w}x{h} is smaller than the {crop}px crop.", stacklevel=3)
+            _skip(path, f"{w}x{h} is smaller than the {crop}px crop")
             continue
         keep[i] = (w, h)
     return keep
@@ -363,35 +389,73 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
     ) -> None:
         if crop % scale:
             raise DataError(f"--crop {crop} is not a multiple of --scale {scale}.")
-        sizes = _readable(images.hr, crop)
-        keep = list(sizes)
-        if images.lr is not None:
-            lr_ok = _readable([images.lr[i] for i in keep], crop // scale)
-            keep = [i for j, i in enumerate(keep) if j in lr_ok]
-        if not keep:
-            raise DataError(
-                f"{images.name}: no usable images (all unreadable or smaller than the {crop}px crop)."
-            )
-        self.hr = [images.hr[i] for i in keep]
-        self.lr = [images.lr[i] for i in keep] if images.lr is not None else None
         self.crop, self.scale, self.seed = crop, scale, seed
         self.crops_per_image, self.augment = crops_per_image, augment
         self.color_jitter = color_jitter
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._ram: dict[Path, Tensor] = {}
         self._bad: set[int] = set()
-        estimate = sum(3 * sizes[i][0] * sizes[i][1] for i in keep)  # decoded HR bytes
-        if estimate <= ram_budget_bytes:
-            for path in tqdm(
-                self.hr + (self.lr or []), desc="decoding images", leave=False, disable=len(self.hr) < 50
-            ):
-                with contextlib.suppress(OSError, UnidentifiedImageError, SyntaxError, ValueError):
-                    self._ram[path] = load_image(path)  # failures are reported once, when sampled
+        sizes = _readable(images.hr, crop)
+        keep = list(sizes)
+        if images.lr is not None:
+            lr_sizes = _readable([images.lr[i] for i in keep], crop // scale)
+            paired = []
+            for j, i in enumerate(keep):
+                w, h = sizes[i]
+                if j in lr_sizes and lr_sizes[j] != (w // scale, h // scale):
+                    lw, lh = lr_sizes[j]
+                    _skip(images.hr[i], f"its LR {images.lr[i]} is {lw}x{lh}, not {w // scale}x{h // scale}")
+                elif j in lr_sizes:
+                    paired.append(i)
+            keep = paired
+        # Decode every image once now: failures are found (and skipped) before training starts,
+        # and the pixels go to RAM when they fit, otherwise to the on-disk cache.
+        self._in_ram = sum(3 * sizes[i][0] * sizes[i][1] for i in keep) <= ram_budget_bytes
+        decoded = self._decode_all([(images.hr[i], images.lr[i] if images.lr else None) for i in keep])
+        keep = [i for i, ok in zip(keep, decoded, strict=True) if ok]
+        skipped = len(images.hr) - len(keep)
+        if not keep:
+            raise DataError(
+                f"{images.name}: no usable images: all {len(images.hr)} were unreadable, smaller than "
+                f"the {crop}px crop, or had a mismatched LR image (see the warnings)."
+            )
+        self.hr = [images.hr[i] for i in keep]
+        self.lr = [images.lr[i] for i in keep] if images.lr is not None else None
         logger.info(
-            "%d images; %s",
+            "%d images usable%s; %s",
             len(self.hr),
-            "decoded in RAM" if self._ram else f"decoded cache in {self.cache_dir}",
+            f", {skipped} skipped (see the warnings)" if skipped else "",
+            "decoded in RAM" if self._in_ram else f"decoded cache in {self.cache_dir}",
         )
+
+    def _decode_all(self, pairs: list[tuple[Path, Path | None]]) -> list[bool]:
+        def decode(pair: tuple[Path, Path | None]) -> BaseException | None:
+            try:
+                for path in pair:
+                    if path is not None:
+                        pixels = self._pixels(path)
+                        if self._in_ram:
+                            self._ram[path] = pixels
+            except DECODE_ERRORS as exc:
+                return exc
+            return None
+
+        threads = min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(threads) as pool:
+            results = list(
+                tqdm(
+                    pool.map(decode, pairs),
+                    total=len(pairs),
+                    desc="decoding images",
+                    leave=False,
+                    disable=len(pairs) < 50,
+                )
+            )
+        for (hr, _), exc in zip(pairs, results, strict=True):
+            if exc is not None:
+                detail = str(exc).splitlines()[0][:160] if str(exc) else exc.__class__.__name__
+                _skip(hr, f"cannot be decoded ({detail})")
+        return [exc is None for exc in results]
 
     def __len__(self) -> int:
         return len(self.hr)
@@ -399,7 +463,7 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
     def _pixels(self, path: Path) -> Tensor:
         if path in self._ram:
             return self._ram[path]
-        if self.cache_dir is None:
+        if self.cache_dir is None or self._in_ram:
             return load_image(path)
         key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
         cached = self.cache_dir / f"{key}.safetensors"
@@ -429,7 +493,7 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
             try:
                 hr = self._pixels(self.hr[i])
                 lr = self._pixels(self.lr[i]) if self.lr is not None else None
-            except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+            except DECODE_ERRORS as exc:  # a file changed or a cache entry vanished since the start
                 self._bad.add(i)
                 warnings.warn(f"skipping {self.hr[i]}: cannot be decoded ({exc}).", stacklevel=2)
                 continue

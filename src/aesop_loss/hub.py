@@ -25,6 +25,7 @@ from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
     HfHubHTTPError,
+    HFValidationError,
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
@@ -39,6 +40,7 @@ from .checkpoints import (
     canonicalize_rrdbnet,
     load_state_dict_strict,
     read_state_dict,
+    read_weights_header,
 )
 
 if TYPE_CHECKING:
@@ -61,8 +63,15 @@ WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 DEMO_AE_DIR = Path(__file__).parent / "pretrained" / "demo"
 _FILE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# The Hub's rules: org/name of letters, digits, '-', '_', '.'; no '--' or '..'; at most 96 each.
+_REPO_ID = re.compile(r"^(?!.*(?:--|\.\.))[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}(?<![.-])$")
 _CARD_METADATA_KEYS = ("architecture", "aesop_loss_version")
+# Ranges a config.json's integer hyperparameters must fall in before they are compared with the
+# weights (the largest published RRDB networks use 64 features, 32 growth channels, 23 blocks).
+_BOUNDS = {
+    "num_in_ch": (1, 64), "num_out_ch": (1, 64), "num_feat": (1, 4096), "num_grow_ch": (1, 4096),
+    "num_block": (0, 1024), "scale": (1, 8),
+}  # fmt: skip
 
 M = TypeVar("M", bound="nn.Module")
 
@@ -273,20 +282,36 @@ def _load_folder(cls: type[M], folder: Path, *, label: str | None = None) -> M:
     arch = config.get("architecture", cls.__name__)
     if arch != cls.__name__:
         raise CheckpointError(f"{config_path}: holds a {arch}; load it with {arch}.from_pretrained.")
-    params = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    signature = inspect.signature(cls.__init__).parameters
     kwargs = {k: v for k, v in config.items() if k not in _CARD_METADATA_KEYS}
-    unknown = sorted(set(kwargs) - params)
+    unknown = sorted(set(kwargs) - (set(signature) - {"self"}))
     if unknown:
         raise CheckpointError(
-            f"{config_path}: unknown {cls.__name__} settings {unknown}; expected some of {sorted(params)}."
+            f"{config_path}: unknown {cls.__name__} settings {unknown}; expected some of "
+            f"{sorted(set(signature) - {'self'})}."
+        )
+    for key, value in kwargs.items():
+        bound = _BOUNDS.get(key)
+        if bound is not None and (type(value) is not int or not bound[0] <= value <= bound[1]):
+            raise CheckpointError(
+                f"{config_path}: invalid configuration: {key}={value!r}; expected an integer in "
+                f"[{bound[0]}, {bound[1]}]."
+            )
+    # The weights' own shapes decide the architecture: compare before anything is allocated.
+    source = f"{weights_path} (with {CONFIG_NAME})"
+    _, implied = _canonicalize(cls, read_weights_header(weights_path), source)
+    stated = {k: kwargs.get(k, signature[k].default) for k in implied}
+    differ = [f"{k}={stated[k]!r} (weights: {implied[k]!r})" for k in implied if stated[k] != implied[k]]
+    if differ:
+        raise CheckpointError(
+            f"{config_path}: does not match {WEIGHTS_NAME}: {', '.join(differ)}; the folder is "
+            "inconsistent, so write it again with save_pretrained."
         )
     try:
         model = cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{config_path}: invalid configuration: {exc}") from exc
-    load_state_dict_strict(
-        model, read_state_dict(weights_path), source=f"{weights_path} (with {CONFIG_NAME})"
-    )
+    load_state_dict_strict(model, read_state_dict(weights_path), source=source)
     return model
 
 
@@ -336,6 +361,8 @@ def _download(
         raise CheckpointError(
             f"{where}: the repo has no {filename}; is it an aesop-loss model repo?"
         ) from exc
+    except HFValidationError as exc:
+        raise CheckpointError(f"{where}: not a valid Hub repo id or revision ({exc}).") from exc
     except (HfHubHTTPError, OSError) as exc:
         raise CheckpointError(f"{where}: could not download {filename}: {exc}") from exc
 
@@ -377,19 +404,35 @@ def load_model(
         return _finish(_load_folder(cls, path), device)
     if path.is_file():
         return _finish(_load_file(cls, path), device)
-    if text.endswith(_FILE_SUFFIXES) or text.startswith((".", "/", "~")):
-        raise CheckpointError(f"{text}: no such file or folder.")
+    if _looks_local(text):
+        raise CheckpointError(
+            f"{text}: no such file or folder"
+            + (f" ({path.parent} exists here, so this names a local path)" if path.parent.is_dir() else "")
+            + "."
+        )
     repo_id, rev = _split_revision(text, revision)
     if not _REPO_ID.match(repo_id):
         raise CheckpointError(
-            f"{text!r} is neither an existing file or folder nor a Hub repo id ('org/name[@revision]')."
+            f"{text!r}: no such local file or folder, and not a Hub repo id ('org/name[@revision]')."
         )
-    config_path = _download(
-        repo_id, CONFIG_NAME, revision=rev, local_files_only=local_files_only, token=token
-    )
-    _download(repo_id, WEIGHTS_NAME, revision=rev, local_files_only=local_files_only, token=token)
+    try:
+        config_path = _download(
+            repo_id, CONFIG_NAME, revision=rev, local_files_only=local_files_only, token=token
+        )
+        _download(repo_id, WEIGHTS_NAME, revision=rev, local_files_only=local_files_only, token=token)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{text}: no such local file or folder; as a Hub repo: {exc}") from exc
     label = repo_id + (f"@{rev}" if rev else "")
     return _finish(_load_folder(cls, config_path.parent, label=label), device)
+
+
+def _looks_local(text: str) -> bool:
+    """A path that cannot mean a Hub id: a checkpoint suffix, a ``.``/``/``/``~`` start, or a first
+    component that is a folder here (``runs/ae`` when ``runs/`` exists)."""
+    if text.endswith(_FILE_SUFFIXES) or text.startswith((".", "/", "~")):
+        return True
+    head, sep, _ = text.partition("/")
+    return bool(sep) and Path(head).is_dir()
 
 
 def _finish(model: M, device: str | torch.device | None) -> M:

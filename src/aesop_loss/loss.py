@@ -31,12 +31,12 @@ Space = Literal["ae", "bottleneck"]
 _RANGE_LOW, _RANGE_HIGH = -0.5, 1.5
 
 
-def _distance(criterion: Criterion, eps: float) -> Callable[[Tensor, Tensor], Tensor]:
+def _distance(criterion: Criterion, a: Tensor, b: Tensor, eps: float) -> Tensor:
     if criterion == "l1":
-        return lambda a, b: (a - b).abs()
+        return (a - b).abs()
     if criterion == "l2":
-        return lambda a, b: (a - b).square()
-    return lambda a, b: ((a - b).square() + eps).sqrt()
+        return (a - b).square()
+    return ((a - b).square() + eps).sqrt()
 
 
 def _weighted_reduce(loss: Tensor, weight: Tensor | None, reduction: Reduction) -> Tensor:
@@ -163,19 +163,33 @@ class AESOPLoss(nn.Module):
         self.precision: Precision = precision
         self.channels_last = channels_last
         self.memory_efficient = memory_efficient
-        self._distance = _distance(criterion, eps)
         if memory_efficient:  # set once: the HR pass runs under no_grad, where it does nothing
             self.ae.gradient_checkpointing = True
         if channels_last:  # converts the AE's weights in place (the loss owns its frozen AE)
             self.ae.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        net: nn.Module = self.ae.encoder if space == "bottleneck" else self.ae
-        # kept outside the module tree: the compiled wrapper shares the AE's parameters
-        if compile:
-            net = torch.compile(net, backend=compile if isinstance(compile, str) else "inductor")  # type: ignore[assignment]
-        object.__setattr__(self, "_net", net)
+        self.compile_backend = (compile if isinstance(compile, str) else "inductor") if compile else None
+        self._build_net()
         self._last_scope: _TF32Scope | None = None
         self.register_state_dict_post_hook(_drop_ae_from_state_dict)
         self.register_load_state_dict_pre_hook(_keep_ae_on_load)
+
+    def _build_net(self) -> None:
+        net: nn.Module = self.ae.encoder if self.space == "bottleneck" else self.ae
+        # kept outside the module tree: the compiled wrapper shares the AE's parameters
+        if self.compile_backend is not None:
+            net = torch.compile(net, backend=self.compile_backend)  # type: ignore[assignment]
+        object.__setattr__(self, "_net", net)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # pickle / deepcopy: the AE pass (possibly a compiled wrapper) is rebuilt, not copied
+        state = super().__getstate__()
+        state.pop("_net", None)
+        state["_last_scope"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._build_net()
 
     def extra_repr(self) -> str:
         return (
@@ -252,9 +266,9 @@ class AESOPLoss(nn.Module):
         if self.as_loss_map:
             ae_map = (pred.to(acc) - target.to(acc)).abs()
             weight = ae_map if weight is None else ae_map * weight
-            dist = self._distance(sr.to(acc), hr.to(acc))
+            dist = _distance(self.criterion, sr.to(acc), hr.to(acc), self.eps)
         else:
-            dist = self._distance(pred.to(acc), target.to(acc))
+            dist = _distance(self.criterion, pred.to(acc), target.to(acc), self.eps)
         if weight is not None:
             _check_weight(weight, dist)
         return _weighted_reduce(dist, weight, self.reduction) * self.loss_weight
@@ -272,6 +286,11 @@ class AESOPLoss(nn.Module):
                 raise TypeError(
                     f"AESOPLoss: {name} has dtype {x.dtype}; pass float images in [0, 1] "
                     "(e.g. x.float() / 255)."
+                )
+            if 0 in x.shape:
+                raise ValueError(
+                    f"AESOPLoss: {name} is empty (shape {tuple(x.shape)}); pass at least one image "
+                    "of at least one pixel."
                 )
             if x.shape[1] != self.ae.num_in_ch:
                 raise ValueError(

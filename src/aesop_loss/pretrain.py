@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import errno
 import json
 import logging
 import math
@@ -25,6 +24,7 @@ import os
 import shlex
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,9 +38,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ._cli import CLIError, StopRequest, run_cli
-from ._io import atomic_path
+from ._io import WriteError, atomic_path
 from .archs import AutoEncoder, RRDBNet
 from .data import (
+    DECODE_ERRORS,
     CropDataset,
     DataError,
     SampleStream,
@@ -50,13 +51,19 @@ from .data import (
     prepare_data,
     prepare_validation,
 )
-from .hub import push_folder_to_hub
+from .hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, push_folder_to_hub
 from .metrics import psnr
 from .resize import imresize
+from .runs import RunFolder, RunFolderError
 
 __all__ = ["PretrainConfig", "main", "train"]
 
 logger = logging.getLogger(__name__)
+
+METRICS_NAME = "metrics.jsonl"
+# What a pretraining run writes (atomically) in its folder: their stale temp files are cleared.
+_RUN_FILES = {"": (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, METRICS_NAME), "checkpoints": ("last.pt",),
+              ".decoded": ("*",)}  # fmt: skip
 
 # Settings that must match for --resume to continue the same run.
 _RESUME_KEYS = (
@@ -147,8 +154,15 @@ def _validation_set(paths: list[Path], scale: int, size: int = 512) -> list[tupl
     """Centre crops (at most ``size``, multiples of ``scale``) and their MATLAB-bicubic LR."""
     out = []
     for path in paths:
-        img = load_image(path)
+        try:
+            img = load_image(path)
+        except DECODE_ERRORS as exc:
+            warnings.warn(f"skipping validation image {path}: cannot be decoded ({exc}).", stacklevel=2)
+            continue
         h, w = (min(size, d) // scale * scale for d in img.shape[-2:])
+        if min(h, w) < 4 * scale:
+            warnings.warn(f"skipping validation image {path}: {w}x{h} is too small.", stacklevel=2)
+            continue
         top, left = (img.shape[-2] - h) // 2, (img.shape[-1] - w) // 2
         hr = img[:, top : top + h, left : left + w].double() / 255
         lr = (imresize(hr, 1 / scale).clamp(0, 1) * 255).round() / 255
@@ -218,6 +232,7 @@ class _Run:
         self.amp_dtype = _amp_dtype(cfg.amp)
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.amp == "fp16")
         self.step = 0
+        self.saved_step: int | None = None
         self.best: dict[str, float] = {}
         self._decoder_frozen: bool | None = None
         self.model: nn.Module = _Pretrainer(self.ae)
@@ -257,8 +272,21 @@ class _Run:
         }
 
     def save(self, metrics: dict[str, float] | None = None) -> None:
+        """Write the checkpoint, then the model folder, each file atomically (rank 0 only).
+
+        Raises:
+            CLIError: The weights are no longer finite, or a write failed (disk full, read-only);
+                the previous checkpoint is intact either way.
+        """
         if not self.env.main:
             return
+        finite = torch.stack([torch.isfinite(w).all() for w in self._params + self._ema_params])
+        if not bool(finite.all()):  # one host sync per save
+            raise CLIError(
+                f"the weights became non-finite (NaN/Inf) at step {self.step}, so nothing was saved; "
+                f"{self.intact()} Lower --lr, or train with --amp none.",
+                exit_code=1,
+            )
         try:
             with atomic_path(self.ckpt) as tmp:
                 torch.save(self.state(), tmp)
@@ -274,12 +302,16 @@ class _Run:
                     "AESOP autoencoder pretrained with aesop-loss (EMA weights). Use it as AESOPLoss(ae=...)."
                 ),
             )
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise CLIError(
-                    f"out of disk space writing {self.ckpt}; the previous checkpoint is intact."
-                ) from exc
-            raise
+        except WriteError as exc:
+            message = f"{exc.strerror} while saving step {self.step}; {self.intact()}"
+            raise CLIError(message, exit_code=1) from exc
+        self.saved_step = self.step
+
+    def intact(self) -> str:
+        """Which checkpoint a failure left in place, for error messages."""
+        if self.saved_step is None:
+            return "no checkpoint had been written yet."
+        return f"the checkpoint of step {self.saved_step} ({self.ckpt}) is intact."
 
     def load(self) -> None:
         if not self.ckpt.is_file():
@@ -301,11 +333,11 @@ class _Run:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"].cpu())
-        self.step = int(state["step"])
+        self.step = self.saved_step = int(state["step"])
         logger.info("resumed %s at step %d", self.out, self.step)
 
     # -- one step -----------------------------------------------------------------------------------
-    def train_step(self, hr: Tensor, lr: Tensor) -> tuple[Tensor, Tensor]:
+    def train_step(self, hr: Tensor, lr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         model = self._wrap(self.step)
         dev = self.env.device
         fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
@@ -325,22 +357,73 @@ class _Run:
         with torch.no_grad():
             torch._foreach_lerp_(self._ema_params, self._params, 1.0 - self.cfg.ema)
         self.step += 1
-        return rec.detach(), bott.detach()
+        return rec.detach(), bott.detach(), loss.detach()
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _check(cfg: PretrainConfig) -> None:
+    """Every setting checked for type, finiteness and range before anything is allocated."""
+
+    def bad(name: str, allowed: str) -> CLIError:
+        return CLIError(f"{_flag(name)} {getattr(cfg, name)!r}: expected {allowed}.")
+
+    ints = {  # name: (low, high); high None = unbounded
+        "steps": (1, None), "batch_size": (1, 65_536), "crop": (1, 8192), "num_feat": (1, 1024),
+        "num_block": (0, 256), "num_grow_ch": (1, 1024), "workers": (0, 256), "seed": (0, 2**63 - 1),
+        "save_every": (1, None), "val_every": (1, None), "log_every": (1, None),
+        "crops_per_image": (1, 1024), "freeze_decoder_steps": (-1, None),
+    }  # fmt: skip
+    for name, (low, high) in ints.items():
+        value = getattr(cfg, name)
+        if type(value) is not int or value < low or (high is not None and value > high):
+            raise bad(name, f"an integer >= {low}" + (f" and <= {high}" if high is not None else ""))
+    floats = {  # name: (low, high, high included)
+        "lr": (0.0, None),
+        "ema": (0.0, 1.0),
+        "bottleneck_weight": (0.0, None),
+        "color_jitter": (0.0, 1.0),
+    }
+    for name, (lo, hi) in floats.items():
+        value = getattr(cfg, name)
+        ok = isinstance(value, (int, float)) and math.isfinite(value) and value >= lo
+        if not ok or (hi is not None and value >= hi):
+            raise bad(name, f"a finite number >= {lo}" + (f" and < {hi}" if hi is not None else ""))
+    if cfg.lr == 0:
+        raise bad("lr", "a finite number > 0")
+    if cfg.scale not in (2, 4):
+        raise bad("scale", "4 or 2")
+    if cfg.encoder not in ("learned", "bicubic"):
+        raise bad("encoder", "'learned' or 'bicubic'")
+    if cfg.amp not in ("none", "bf16", "fp16"):
+        raise bad("amp", "none, bf16 or fp16")
     if cfg.crop % cfg.scale:
         raise CLIError(f"--crop {cfg.crop} is not a multiple of --scale {cfg.scale}.")
-    if cfg.scale not in (2, 4):
-        raise CLIError(f"--scale must be 4 or 2, got {cfg.scale}.")
-    if cfg.steps < 1 or cfg.batch_size < 1:
-        raise CLIError("--steps and --batch-size must be positive.")
-    if cfg.amp not in ("none", "bf16", "fp16"):
-        raise CLIError(f"--amp must be none, bf16 or fp16, got {cfg.amp}.")
-    if not 0.0 <= cfg.ema < 1.0:
-        raise CLIError(f"--ema must be in [0, 1), got {cfg.ema}.")
-    if not 0.0 <= cfg.color_jitter < 1.0:
-        raise CLIError(f"--color-jitter must be in [0, 1), got {cfg.color_jitter}.")
+    if cfg.encoder == "learned" and cfg.num_feat % (cfg.scale**2) and not cfg.decoder_init:
+        raise CLIError(
+            f"--num-feat {cfg.num_feat}: expected a multiple of --scale squared ({cfg.scale**2}); the "
+            "learned encoder pixel-unshuffles num_feat/scale**2 channels up to num_feat."
+        )
+    _check_device(cfg.device)
+
+
+def _check_device(device: str | None) -> None:
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise CLIError(f"--device {device!r}: not a device; expected cpu, cuda or cuda:N.") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise CLIError(f"--device {device!r}: expected cpu, cuda or cuda:N.")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise CLIError(f"--device {device}: no CUDA GPU is available here; use --device cpu.")
+        if dev.index is not None and dev.index >= count:
+            raise CLIError(f"--device {device}: only {count} CUDA GPU(s) here (cuda:0 to cuda:{count - 1}).")
 
 
 def train(cfg: PretrainConfig) -> Path:
@@ -353,21 +436,59 @@ def train(cfg: PretrainConfig) -> Path:
         ``cfg.out``, a model folder holding the EMA weights.
 
     Raises:
-        CLIError: Bad settings, data errors, or a resume folder of another configuration.
+        CLIError: Bad settings (exit status 2), data errors, ``cfg.out`` not usable (a user's
+            folder, another run's, or one in use), a resume folder of another configuration; a
+            non-finite loss or a failed write (exit status 1, the last checkpoint intact).
         KeyboardInterrupt: Ctrl-C or SIGTERM stopped the run (after saving it, unless a second
             Ctrl-C aborted it mid-step).
     """
     _check(cfg)
-    env = _setup_distributed(cfg.device)
-    cfg.world_size = env.world
+    folder = RunFolder(cfg.out, tool="pretrain", writes=_RUN_FILES, legacy="checkpoints/last.pt",
+                       resume=cfg.resume)  # fmt: skip
     try:
-        return _train(cfg, env)
+        if int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes the folder, so it holds the lock
+            folder.claim()
+    except RunFolderError as exc:
+        raise CLIError(str(exc)) from None
+    try:
+        env = _setup_distributed(cfg.device)
+        cfg.world_size = env.world
+        try:
+            return _train(cfg, env, folder)
+        finally:
+            if env.world > 1 and dist.is_initialized():
+                dist.destroy_process_group()
     finally:
-        if env.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        folder.release()
 
 
-def _train(cfg: PretrainConfig, env: _Dist) -> Path:
+def _append(path: Path, record: dict[str, Any], step: int, run: _Run) -> None:
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+    except OSError as exc:
+        raise CLIError(
+            f"cannot write {path} at step {step} ({exc.strerror or exc}); {run.intact()}", exit_code=1
+        ) from exc
+
+
+def _first_nonfinite(first: Tensor, step: int, loss: Tensor) -> Tensor:
+    """Update, without a host sync, the first step whose loss was NaN or Inf (-1: none yet)."""
+    bad = ~torch.isfinite(loss)
+    return torch.where(bad & (first < 0), torch.full_like(first, step), first)
+
+
+def _stop_if_nonfinite(first: Tensor, run: _Run) -> None:
+    step = int(first.item())
+    if step >= 0:
+        raise CLIError(
+            f"the loss became non-finite (NaN/Inf) at step {step}; the run stopped without saving "
+            f"and {run.intact()} Lower --lr, or train with --amp none.",
+            exit_code=1,
+        )
+
+
+def _train(cfg: PretrainConfig, env: _Dist, folder: RunFolder) -> Path:
     if not env.main:
         logging.getLogger("aesop_loss").setLevel(logging.WARNING)
     try:
@@ -384,6 +505,9 @@ def _train(cfg: PretrainConfig, env: _Dist) -> Path:
     if run.step >= cfg.steps:
         logger.info("nothing to do: step %d >= --steps %d", run.step, cfg.steps)
         return out
+    metrics_file = out / METRICS_NAME
+    if env.main:
+        folder.trim_log(METRICS_NAME, run.step)
 
     cpi = math.gcd(cfg.crops_per_image, cfg.batch_size)
     per_step = cfg.batch_size // cpi  # dataset items per process per step
@@ -411,22 +535,27 @@ def _train(cfg: PretrainConfig, env: _Dist) -> Path:
         prefetch_factor=4 if cfg.workers > 0 else None,
     )
     val_set = _validation_set(val_paths, cfg.scale) if env.main else []
-    metrics_file = out / "metrics.jsonl"
-    out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=cfg.steps, initial=run.step, desc="pretrain", disable=not env.main, dynamic_ncols=True)
     sums = torch.zeros(2, device=env.device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=env.device)
     window, t0 = 0, time.perf_counter()
     batches = iter(loader)
     stopped = False
     try:
         with StopRequest() as stop:
             while run.step < cfg.steps:
-                hr, lr = next(batches)
-                rec, bott = run.train_step(hr, lr)
+                try:
+                    hr, lr = next(batches)
+                except DataError as exc:
+                    raise CLIError(str(exc).strip().splitlines()[-1]) from None
+                rec, bott, loss = run.train_step(hr, lr)
+                first_bad = _first_nonfinite(first_bad, run.step, loss)
                 sums += torch.stack((rec, bott))
                 window += 1
                 bar.update(1)
+                saved = run.step % cfg.save_every == 0 or run.step == cfg.steps
                 if run.step % cfg.log_every == 0 or run.step == cfg.steps:
+                    _stop_if_nonfinite(first_bad, run)  # syncs anyway, below
                     rec_m, bott_m = (sums / window).tolist()  # the only host sync, once per log window
                     dt = time.perf_counter() - t0
                     imgs = window * cfg.batch_size * env.world / dt
@@ -439,8 +568,7 @@ def _train(cfg: PretrainConfig, env: _Dist) -> Path:
                         "images_per_s": imgs,
                     }
                     if env.main:
-                        with open(metrics_file, "a", encoding="utf-8") as fh:
-                            fh.write(json.dumps(record) + "\n")
+                        _append(metrics_file, record, run.step, run)
                     sums.zero_()
                     window, t0 = 0, time.perf_counter()
                 if val_set and (run.step % cfg.val_every == 0 or run.step == cfg.steps):
@@ -448,14 +576,14 @@ def _train(cfg: PretrainConfig, env: _Dist) -> Path:
                     logger.info(
                         "step %d: %s", run.step, ", ".join(f"{k} {v:.2f} dB" for k, v in run.best.items())
                     )
-                    with open(metrics_file, "a", encoding="utf-8") as fh:
-                        fh.write(json.dumps({"step": run.step, **run.best}) + "\n")
-                saved = run.step % cfg.save_every == 0 or run.step == cfg.steps
+                    _append(metrics_file, {"step": run.step, **run.best}, run.step, run)
                 if saved:
+                    _stop_if_nonfinite(first_bad, run)
                     run.save()
                 if run.step < cfg.steps and _stop_agreed(stop, run.step, env):
                     stopped = True
                     if not saved:
+                        _stop_if_nonfinite(first_bad, run)
                         run.save()
                     break
     except KeyboardInterrupt:  # a second Ctrl-C: mid-step, so a checkpoint now would not resume exactly
@@ -464,7 +592,8 @@ def _train(cfg: PretrainConfig, env: _Dist) -> Path:
             "aborted without saving (mid-step, it would not resume exactly); last checkpoint: %s", run.ckpt
         )
         raise
-    bar.close()
+    finally:
+        bar.close()
     if stopped:
         logger.info("stopped at step %d; saved %s (continue with --resume)", run.step, run.ckpt)
         raise KeyboardInterrupt

@@ -1,0 +1,391 @@
+"""What the tools never do: delete or overwrite a user's files, share an output folder between runs,
+save a diverged model, or answer a failed write with a traceback."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from aesop_loss import AutoEncoder
+from aesop_loss._cli import run_cli
+from aesop_loss.convert import main as convert_main
+from aesop_loss.pretrain import main as pretrain_main
+from aesop_loss.runs import RunFolder
+
+from conftest import AE_CKPT, IMAGES, wait_for_file
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+TINY = ["--num-feat", "16", "--num-block", "1", "--num-grow-ch", "8", "--crop", "32", "--workers", "0"]
+
+
+def _pretrain_args(out: Path, *extra: str) -> list[str]:
+    return ["--data", str(IMAGES), "--out", str(out), *TINY, "--val", "none", "--batch-size", "1", *extra]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture
+def user_folder(tmp_path: Path) -> Path:
+    """A user's project folder: the source checkpoint beside files nobody may touch."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    shutil.copy(AE_CKPT, folder / "ae.pth")
+    (folder / "README.md").write_text("my project\n")
+    (folder / "config.json").write_text('{"mine": true}\n')
+    (folder / "notes").mkdir()
+    (folder / "notes" / "todo.txt").write_text("keep me\n")
+    return folder
+
+
+# --- convert -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("out", "needle"),
+    [
+        (".", "is the current folder"),
+        ("project", "holds the source"),
+        ("..", "holds the source"),
+        ("project/notes", "exists and is not empty"),
+        ("project/README.md", "is a file"),
+    ],
+    ids=["cwd", "src-folder", "src-ancestor", "user-folder", "a-file"],
+)
+def test_convert_refuses_any_out_that_could_destroy_files(user_folder, monkeypatch, capsys, out, needle):
+    monkeypatch.chdir(user_folder.parent)
+    before = _snapshot(user_folder.parent)
+    code = run_cli(convert_main, ["project/ae.pth", out])
+    assert code == 2
+    assert needle in _one_error_line(capsys)
+    assert _snapshot(user_folder.parent) == before  # nothing written, nothing deleted
+
+
+def test_convert_overwrite_replaces_only_the_model_files(user_folder, tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me\n")
+    (out / "README.md").write_text("an older card\n")
+    assert convert_main([str(user_folder / "ae.pth"), str(out), "--overwrite"]) == 0
+    assert (out / "mine.txt").read_text() == "keep me\n"
+    assert "sha256" in (out / "README.md").read_text().lower()
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "config.json",
+        "mine.txt",
+        "model.safetensors",
+    ]
+    assert (
+        AutoEncoder.from_pretrained(out).config["num_feat"] == AutoEncoder.from_pretrained(AE_CKPT).num_feat
+    )
+    assert [p.name for p in tmp_path.iterdir() if "staging" in p.name] == []
+
+
+def test_convert_into_a_new_or_empty_folder(user_folder, tmp_path):
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "empty", tmp_path / "new" / "nested"):
+        assert convert_main([str(user_folder / "ae.pth"), str(out)]) == 0
+        assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+
+
+@pytest.mark.parametrize("failure", ["mismatch", "disk-full"])
+def test_convert_removes_its_staging_folder_on_failure(user_folder, tmp_path, monkeypatch, capsys, failure):
+    import aesop_loss.hub as hub
+
+    if failure == "mismatch":
+        load = AutoEncoder.from_pretrained.__func__  # type: ignore[attr-defined]
+
+        def tampered(cls, src, **kwargs):  # type: ignore[no-untyped-def]
+            model = load(cls, src, **kwargs)
+            if ".staging" in str(src):  # the written copy comes back different
+                with torch.no_grad():
+                    next(model.parameters()).add_(1)
+            return model
+
+        monkeypatch.setattr(AutoEncoder, "from_pretrained", classmethod(tampered))
+    else:
+
+        def full_disk(tensors: object, filename: str, metadata: object = None) -> None:
+            Path(filename).write_bytes(b"partial")
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(hub, "save_file", full_disk)
+    out = tmp_path / "out"
+    code = run_cli(convert_main, [str(user_folder / "ae.pth"), str(out)])
+    assert code == (2 if failure == "mismatch" else 1)
+    line = _one_error_line(capsys)
+    assert ("does not reproduce" if failure == "mismatch" else "no space left on the device") in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project"]  # no OUT, no staging left
+
+
+# --- run folders: pretrain and train_esrgan -------------------------------------------------------------
+
+
+def test_pretrain_refuses_a_users_folder_and_touches_nothing(user_folder, capsys, monkeypatch):
+    before = _snapshot(user_folder)
+    assert run_cli(pretrain_main, _pretrain_args(user_folder, "--steps", "1")) == 2
+    assert "holds other files and no pretrain run" in _one_error_line(capsys)
+    monkeypatch.chdir(user_folder)
+    assert run_cli(pretrain_main, _pretrain_args(Path("."), "--steps", "1")) == 2
+    assert "holds other files" in _one_error_line(capsys)
+    assert _snapshot(user_folder) == before
+
+
+def test_run_folders_of_the_two_tools_are_not_interchangeable(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert pretrain_main(_pretrain_args(out, "--steps", "1")) == 0
+    assert json.loads((out / ".aesop-run.json").read_text())["tool"] == "pretrain"
+    code = run_cli(_esrgan_main(), ["--smoke", "--out", str(out)])
+    assert code == 2
+    assert "is a run folder of pretrain, not of train_esrgan" in _one_error_line(capsys)
+
+
+def test_a_run_from_before_markers_resumes(tmp_path):
+    out = tmp_path / "run"
+    assert pretrain_main(_pretrain_args(out, "--steps", "1", "--save-every", "1")) == 0
+    (out / ".aesop-run.json").unlink()  # as a run written by aesop-loss 0.1.0
+    assert run_cli(pretrain_main, _pretrain_args(out, "--steps", "2")) == 2
+    assert pretrain_main(_pretrain_args(out, "--steps", "2", "--resume")) == 0
+    assert (out / ".aesop-run.json").is_file()
+
+
+def _esrgan_main():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_esrgan", EXAMPLES / "train_esrgan.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_train_esrgan_refuses_a_users_folder(user_folder, capsys):
+    before = _snapshot(user_folder)
+    assert run_cli(_esrgan_main(), ["--smoke", "--out", str(user_folder)]) == 2
+    assert "holds other files and no train_esrgan run" in _one_error_line(capsys)
+    assert _snapshot(user_folder) == before
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--lr", "nan"), ("--steps", "-3"), ("--gan-weight", "inf")])
+def test_train_esrgan_flags_are_checked_first(tmp_path, capsys, flag, value):
+    out = tmp_path / "run"
+    assert run_cli(_esrgan_main(), ["--smoke", "--out", str(out), f"{flag}={value}"]) == 2
+    assert flag in _one_error_line(capsys)
+    assert not out.exists()
+
+
+# --- one run per folder ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _running_pretrain(out: Path) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aesop_loss.pretrain", *_pretrain_args(out), "--steps", "100000",
+         "--save-every", "1", "--log-every", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for_file(out / "checkpoints" / "last.pt", timeout=90)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=60)
+
+
+@pytest.mark.slow
+def test_second_run_on_a_folder_is_refused_and_kill_9_does_not_block_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    with _running_pretrain(out) as proc:
+        code = run_cli(pretrain_main, _pretrain_args(out, "--steps", "5", "--resume"))
+        assert code == 2
+        assert f"is in use by another run (pid {proc.pid}" in _one_error_line(capsys)
+        # the second run wrote nothing: the first one's log still has each step once
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    ckpt = out / "checkpoints"
+    (ckpt / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")  # what a kill mid-save leaves
+    (out / ".model.safetensors.x1y2.tmp").write_bytes(b"half a model")
+    step = int(torch.load(ckpt / "last.pt", weights_only=True)["step"])
+    assert pretrain_main(_pretrain_args(out, "--steps", str(step + 2), "--log-every", "1", "--resume")) == 0
+    assert sorted(p.name for p in ckpt.iterdir()) == ["last.pt"]
+    assert not list(out.glob(".*.tmp"))
+    steps = [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+    assert steps == list(range(1, step + 3))  # each step once, though the killed run logged ahead
+
+
+def test_lock_is_released_with_its_process_and_names_the_holder(tmp_path):
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom aesop_loss.runs import RunFolder\n"
+         f"run = RunFolder({str(out)!r}, tool='pretrain').claim()\nprint('held', flush=True)\n"
+         "time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(Exception, match=rf"in use by another run \(pid {holder.pid} on "):
+            RunFolder(out, tool="pretrain").claim()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    with RunFolder(out, tool="pretrain") as run:  # kill -9 left the lock file; the OS dropped the lock
+        assert run.path == out
+
+
+def test_metrics_have_each_step_once_after_a_resume(tmp_path):
+    out = tmp_path / "run"
+    assert pretrain_main(_pretrain_args(out, "--steps", "4", "--save-every", "2", "--log-every", "1")) == 0
+    with open(out / "metrics.jsonl", "a") as fh:  # a run killed after logging steps 5-6, mid-line at 7
+        fh.write('{"step": 5, "loss_rec": 1}\n{"step": 6, "loss_rec": 1}\n{"step": 7, "lo')
+    assert pretrain_main(_pretrain_args(out, "--steps", "6", "--save-every", "2", "--log-every", "1",
+                                        "--resume")) == 0  # fmt: skip
+    steps = [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+# --- a diverged run stops and keeps its last good checkpoint ------------------------------------------------
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_save(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = _pretrain_args(out, "--steps", "8", "--save-every", "1", "--lr", "1e30", "--ema", "0")
+    code = run_cli(pretrain_main, args)
+    line = _one_error_line(capsys)
+    assert code == 1
+    assert "non-finite (NaN/Inf) at step" in line
+    stopped = int(line.split("at step ")[1].split(";")[0].split()[0])
+    assert 2 <= stopped <= 8
+    saved = int(torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"])
+    assert 1 <= saved < stopped
+    assert f"the checkpoint of step {saved}" in line
+    assert f"Training steps: {saved}" in (out / "README.md").read_text()  # the model folder of that save
+    model = AutoEncoder.from_pretrained(out)  # finite weights, so they load
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def test_loss_that_is_never_finite_saves_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = run_cli(pretrain_main, _pretrain_args(out, "--steps", "3", "--bottleneck-weight", "1e39"))
+    assert code == 1
+    assert "at step 1; the run stopped without saving and no checkpoint had been written yet" in (
+        _one_error_line(capsys)
+    )
+    assert not (out / "model.safetensors").exists()
+    assert not (out / "checkpoints" / "last.pt").exists()
+
+
+# --- failed writes are one line ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir()
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root on Linux")
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    if proc.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_disk_full_on_a_real_small_file_system(tmp_path, capsys):
+    with _tmpfs(tmp_path / "small", "160k") as disk:
+        out = disk / "run"
+        code = run_cli(pretrain_main, _pretrain_args(out, "--steps", "2", "--save-every", "1"))
+        line = _one_error_line(capsys)
+        assert code == 1
+        assert "no space left on the device while saving step 1; no checkpoint had been written yet" in line
+        assert [p.name for p in out.rglob("*.tmp")] == []  # the partial file is gone
+
+
+def test_read_only_storage_is_one_line(tmp_path, capsys):
+    with _tmpfs(tmp_path / "ro", "4m") as disk:
+        out = disk / "run"
+        assert pretrain_main(_pretrain_args(out, "--steps", "1", "--save-every", "1")) == 0
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        code = run_cli(pretrain_main, _pretrain_args(out, "--steps", "2", "--resume"))
+        assert code in (1, 2)
+        assert "Read-only file system" in _one_error_line(capsys) or "read-only" in capsys.readouterr().err
+
+
+def _failing_write(path: Path, exc: Exception) -> None:
+    from aesop_loss._io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(b"partial")
+        raise exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        (OSError(28, "No space left on device"), "no space left on the device"),
+        (OSError(30, "Read-only file system"), "the file system is read-only"),
+        (
+            RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"),
+            "cannot write",
+        ),
+    ],
+    ids=["enospc", "erofs", "torch-save"],
+)
+def test_write_failure_reasons(tmp_path, exc, reason):
+    from aesop_loss._io import WriteError
+
+    with pytest.raises(WriteError, match=reason):
+        _failing_write(tmp_path / "x.bin", exc)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_errors_pass_through_atomic_writes(tmp_path):
+    with pytest.raises(ValueError, match="a bug"):
+        _failing_write(tmp_path / "y.bin", ValueError("a bug, not a write failure"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_runs_take_well_under_a_second_to_refuse(tmp_path, user_folder):
+    start = time.perf_counter()
+    assert run_cli(pretrain_main, _pretrain_args(user_folder, "--steps", "1")) == 2
+    assert time.perf_counter() - start < 1.0
+
+
+def test_unreadable_validation_image_is_skipped(tmp_path):
+    val = tmp_path / "val"
+    val.mkdir()
+    data = (IMAGES / "gravel.png").read_bytes()
+    (val / "cut.png").write_bytes(data[: len(data) // 3])
+    shutil.copy(IMAGES / "chelsea.png", val / "chelsea.png")
+    out = tmp_path / "run"
+    args = [a if a != "none" else str(val) for a in _pretrain_args(out, "--steps", "1")]
+    with pytest.warns(UserWarning, match=r"skipping validation image .*cut\.png: cannot be decoded"):
+        assert pretrain_main(args) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("psnr_ae_hr" in r for r in records)  # validated on the readable image
