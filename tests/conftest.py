@@ -53,6 +53,16 @@ def device(request: pytest.FixtureRequest) -> torch.device:
 
 
 @pytest.fixture
+def strict_fp32():
+    """The reference's exact numbers: no TF32 convolutions or matmuls (PyTorch allows TF32
+    convolutions by default, and the loss follows the caller's setting)."""
+    previous = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+@pytest.fixture
 def ae_golden() -> dict[str, torch.Tensor]:
     return load_file(AE_GOLDEN)
 

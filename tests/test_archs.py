@@ -14,6 +14,7 @@ from conftest import AE_CKPT, OFFICIAL, RRDB_CKPT, rel_err
 TINY = {"num_feat": 16, "num_block": 1, "num_grow_ch": 8}
 
 
+@pytest.mark.usefixtures("strict_fp32")
 def test_rrdbnet_matches_basicsr_fixture(device, rrdb_golden):
     net = RRDBNet.from_pretrained(RRDB_CKPT, device=device)
     assert net.config == {
@@ -37,6 +38,7 @@ def test_rrdbnet_prefers_params_ema(tmp_path):
     assert torch.equal(loaded.conv_first.weight, net_b.conv_first.weight)
 
 
+@pytest.mark.usefixtures("strict_fp32")
 @pytest.mark.parametrize("key", ["gt_ae", "sr_ae", "gt_bottleneck"])
 def test_autoencoder_matches_reference_outputs(device, ae_golden, key):
     ae = AutoEncoder.from_pretrained(AE_CKPT, device=device)

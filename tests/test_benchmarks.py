@@ -22,14 +22,25 @@ def _run(script: str, *args: str) -> str:
 def test_bench_loss_prints_every_variant_ratio_and_summary():
     out = _run("bench_loss.py", *TINY_AE, "--crop", "16", "--repeats", "1", "--device", "cpu")
     assert re.search(r"measured conv peak .*fp32 \d+\.\d{3}", out)
-    labels = ["naive fp32 (baseline)", "nn.L1Loss", "RRDBNet generator", "AESOPLoss fp32 (default)",
-              "AESOPLoss fp32 channels_last", "AESOPLoss fp32 memory_efficient"]  # fmt: skip
+    labels = ["naive, PyTorch defaults (baseline)", "nn.L1Loss", "RRDBNet generator", "AESOPLoss default",
+              "AESOPLoss channels_last", "AESOPLoss memory_efficient"]  # fmt: skip
     for label in labels:
-        row = re.search(re.escape(label) + r".*?\s(\d+\.\d)\s+(\d+\.\d\d)\s", out)
+        row = re.search(re.escape(label) + r".*?\s(\d+\.\d)\s+(\d+\.\d\d)\s+(\d+\.\d\d)\s", out)
         assert row, f"no row for {label!r} in:\n{out}"
         assert float(row.group(1)) > 0
-    assert re.search(r"naive fp32 \(baseline\)\s+[\d.]+\s+1\.00\s", out)
-    assert re.search(r"fastest AESOPLoss with gradient cosine >= 0\.99 .*: \d+\.\d\dx faster", out)
+    assert re.search(r"\(baseline\)\s+[\d.]+\s+1\.00\s+1\.00\s+1\.00000\s", out)
+    # the default and memory_efficient compute the same gradient as the naive code
+    assert re.search(r"AESOPLoss default\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+(1\.00000|0\.9999\d)\s", out)
+    assert re.search(r"AESOPLoss memory_efficient\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+(1\.00000|0\.9999\d)\s", out)
+    assert re.search(r"fastest AESOPLoss with gradient cosine >= 0\.99 .*: \d+\.\d\dx naive", out)
+
+
+def test_bench_memory_measures_fresh_processes():
+    out = _run("bench_memory.py", "--crop", "32", "--only", "demo-size AE (32/2/16)", "--device", "cpu")
+    assert "peak RSS growth in a fresh process" in out
+    rows = re.findall(r"demo-size AE \(32/2/16\)\s+(default|memory_efficient)\s+(\d+)\s+(\d+\.\d\d)", out)
+    assert [r[0] for r in rows] == ["default", "memory_efficient"]
+    assert rows[0][2] == "1.00"
 
 
 def test_bench_pretrain_prints_step_and_loader_rates():

@@ -18,6 +18,7 @@ def _pretrained_tiny(scale: int = 4, encoder: str = "learned") -> AutoEncoder:
     return ae
 
 
+@pytest.mark.usefixtures("strict_fp32")
 @pytest.mark.parametrize("criterion", ["l1", "l2"])
 def test_parity_with_reference_loss_and_gradient(device, ae_golden, criterion):
     loss_fn = AESOPLoss(AE_CKPT, criterion=criterion).to(device)
@@ -216,6 +217,7 @@ def test_weight_shape_checked():
         loss_fn(x, x, weight=torch.ones(1, 3, 4, 4))
 
 
+@pytest.mark.usefixtures("strict_fp32")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_caller_autocast_with_default_fp32_is_exact(device, dtype, reference_ae, ae_golden):
     loss_fn = AESOPLoss(reference_ae).to(device)  # precision="fp32": the AE ignores outer autocast
@@ -249,23 +251,27 @@ def test_reduced_precision(device, dtype, how, reference_ae, ae_golden):
     assert cos > 0.9
 
 
+@pytest.mark.usefixtures("strict_fp32")
 @pytest.mark.parametrize(
     "option",
-    [{"channels_last": True}, {"memory_efficient": True}, {"precision": "tf32"}],
-    ids=["channels_last", "memory_efficient", "tf32"],
+    [{"channels_last": True}, {"memory_efficient": True}, {"allow_tf32": True}],
+    ids=["channels_last", "memory_efficient", "pytorch-default-tf32"],
 )
 @pytest.mark.parametrize("space", ["ae", "bottleneck"])
 def test_speed_and_memory_options_give_the_same_numbers(device, option, space, ae_golden):
     from aesop_loss import AutoEncoder
 
-    plain = AESOPLoss(AutoEncoder.from_pretrained(AE_CKPT), space=space).to(device)
-    tol = 1e-3 if option.get("precision") == "tf32" and device.type == "cuda" else 1e-4
-    fancy = AESOPLoss(AutoEncoder.from_pretrained(AE_CKPT), space=space, **option).to(device)
+    tf32 = option.pop("allow_tf32", False)
+    tol = 1e-3 if tf32 and device.type == "cuda" else 1e-4
     grads = []
-    for fn in (plain, fancy):
+    for fn, allow_tf32 in (
+        (AESOPLoss(AutoEncoder.from_pretrained(AE_CKPT), space=space).to(device), False),
+        (AESOPLoss(AutoEncoder.from_pretrained(AE_CKPT), space=space, **option).to(device), tf32),
+    ):
         sr = ae_golden["sr"].to(device).requires_grad_()
-        loss = fn(sr, ae_golden["gt"].to(device))
-        loss.backward()
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=allow_tf32):
+            loss = fn(sr, ae_golden["gt"].to(device))
+            loss.backward()
         grads.append((loss.detach(), sr.grad))
     assert rel_err(grads[1][0].reshape(1), grads[0][0].reshape(1)) <= tol
     assert rel_err(grads[1][1], grads[0][1]) <= tol
@@ -295,6 +301,7 @@ def _pretrained_tiny_deep() -> AutoEncoder:
     return ae
 
 
+@pytest.mark.usefixtures("strict_fp32")
 @pytest.mark.parametrize(
     "backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.cuda)], ids=["aot_eager", "inductor"]
 )
@@ -319,67 +326,33 @@ def restore_cudnn_tf32():
 
 @pytest.mark.usefixtures("restore_cudnn_tf32")
 @pytest.mark.parametrize("memory_efficient", [False, True], ids=["stored", "recomputed"])
-@pytest.mark.parametrize(("precision", "caller"), [("fp32", True), ("tf32", False)])
-def test_tf32_setting_holds_in_backward_and_is_restored(precision, caller, memory_efficient):
-    # cuDNN reads the flag when a convolution runs, so the AE's backward must see the loss's
-    # setting while the caller's own layers (here: a generator) keep the caller's.
+@pytest.mark.parametrize("caller", [True, False], ids=["tf32-on", "tf32-off"])
+def test_ae_follows_the_callers_tf32_policy_and_never_changes_it(caller, memory_efficient):
+    # cuDNN reads the flag when each convolution runs: the AE's forward and backward, and the
+    # caller's own layers, all see the caller's setting, and the loss never flips it.
     seen: list[tuple[str, bool]] = []
 
     def record(name: str):
-        return lambda module, grad: seen.append((name, torch.backends.cudnn.allow_tf32))
+        return lambda *args: seen.append((name, torch.backends.cudnn.allow_tf32))
 
     ae = _pretrained_tiny()
-    ae.decoder.conv_last.register_full_backward_pre_hook(record("ae"))
-    ae.decoder.conv_first.register_full_backward_pre_hook(record("ae"))
+    ae.decoder.conv_first.register_forward_pre_hook(record("ae forward"))
+    ae.decoder.conv_first.register_full_backward_pre_hook(record("ae backward"))
     generator = nn.Conv2d(3, 3, 3, padding=1)
-    generator.register_full_backward_pre_hook(record("generator"))
+    generator.register_full_backward_pre_hook(record("generator backward"))
     torch.backends.cudnn.allow_tf32 = caller
-    loss_fn = AESOPLoss(ae, precision=precision, memory_efficient=memory_efficient)
-    lr = torch.rand(1, 3, 16, 16, requires_grad=True)
-    loss = loss_fn(generator(lr), torch.rand(1, 3, 16, 16))
-    assert torch.backends.cudnn.allow_tf32 is caller  # forward restored it
-    loss.backward(retain_graph=True)
+    loss_fn = AESOPLoss(ae, memory_efficient=memory_efficient)
+    loss = loss_fn(generator(torch.rand(1, 3, 16, 16, requires_grad=True)), torch.rand(1, 3, 16, 16))
     loss.backward()
-    ae_setting = precision == "tf32"
-    expected = [("ae", ae_setting), ("ae", ae_setting), ("generator", caller)] * 2
-    assert seen == expected
+    assert {setting for _, setting in seen} == {caller}
+    assert {name for name, _ in seen} == {"ae forward", "ae backward", "generator backward"}
     assert torch.backends.cudnn.allow_tf32 is caller
 
 
-@pytest.mark.usefixtures("restore_cudnn_tf32")
-def test_tf32_setting_restored_when_backward_stops_inside_the_ae():
-    inner: list[torch.Tensor] = []
-    ae = _pretrained_tiny()
-    ae.decoder.conv_body.register_forward_hook(lambda module, args, out: inner.append(out))
-    torch.backends.cudnn.allow_tf32 = True
-    sr = torch.rand(1, 3, 16, 16, requires_grad=True)
-    loss = AESOPLoss(ae)(sr, torch.rand(1, 3, 16, 16))
-    (grad,) = torch.autograd.grad(loss, inner[-1])  # never reaches the AE's input
-    assert grad.abs().sum() > 0
-    assert torch.backends.cudnn.allow_tf32 is True
-
-
-@pytest.mark.usefixtures("restore_cudnn_tf32")
-def test_tf32_setting_restored_after_a_backward_that_raised():
-    # e.g. out of memory in the AE's backward, caught by the training loop, which skips the batch
-    ae = _pretrained_tiny()
-    failing = [True]
-
-    def maybe_fail(module, grad):
-        if failing[0]:
-            raise RuntimeError("simulated out of memory")
-
-    ae.decoder.conv_first.register_full_backward_pre_hook(maybe_fail)
-    loss_fn = AESOPLoss(ae)
-    torch.backends.cudnn.allow_tf32 = True
-    sr = torch.rand(1, 3, 16, 16, requires_grad=True)
-    with pytest.raises(RuntimeError, match="simulated"):
-        loss_fn(sr, torch.rand(1, 3, 16, 16)).backward()
-    failing[0] = False
-    loss = loss_fn(sr, torch.rand(1, 3, 16, 16))  # the next step
-    assert torch.backends.cudnn.allow_tf32 is True
-    loss.backward()
-    assert torch.backends.cudnn.allow_tf32 is True
+def test_tf32_option_is_deprecated_and_means_the_callers_policy():
+    with pytest.warns(DeprecationWarning, match=r"precision='tf32' is deprecated"):
+        loss_fn = AESOPLoss(_pretrained_tiny(), precision="tf32")  # type: ignore[arg-type]
+    assert loss_fn.precision == "fp32"
 
 
 def test_low_precision_inputs_follow_ae_dtype(reference_ae, ae_golden):

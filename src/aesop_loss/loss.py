@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -22,7 +22,7 @@ from .archs import AutoEncoder
 __all__ = ["AESOPLoss", "Criterion", "Precision", "Reduction", "Space"]
 
 Criterion = Literal["l1", "l2", "charbonnier"]
-Precision = Literal["fp32", "tf32", "bf16", "fp16", "auto"]
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
 Reduction = Literal["mean", "sum", "none"]
 Space = Literal["ae", "bottleneck"]
 
@@ -76,20 +76,29 @@ class AESOPLoss(nn.Module):
         eps: Charbonnier's epsilon.
         check_values: Also reject NaN/Inf inputs and values far outside [0, 1]. Off by default
             because the checks synchronise with the GPU on every call.
-        precision: Arithmetic of the AE passes. ``"fp32"`` (default) runs them in true fp32 even
-            inside the caller's ``torch.autocast`` and with TF32 convolutions switched off on CUDA,
-            in forward and backward (the reference's numbers; the caller's own layers keep the
-            caller's setting); ``"tf32"`` allows TF32 convolutions on Ampere+ GPUs;
-            ``"bf16"`` / ``"fp16"`` run them under autocast of that type; ``"auto"`` follows the
-            caller's autocast and TF32 settings. Distances are always accumulated in fp32.
+        precision: Arithmetic of the AE passes. ``"fp32"`` (default) keeps the AE's activations in
+            fp32 even inside the caller's ``torch.autocast`` (bf16 moved the gradient's cosine to
+            0.959 on real photos) and runs its convolutions under the caller's TF32 policy, like
+            the plain ``l1(ae(sr), ae(hr))`` a user would write: PyTorch's default
+            (``torch.backends.cudnn.allow_tf32 = True``) gives TF32 convolutions on Ampere and
+            newer GPUs. The loss never changes that flag; for the reference's bit-exact numbers,
+            set ``torch.backends.cudnn.allow_tf32 = False`` yourself. ``"bf16"`` / ``"fp16"`` run
+            the AE under autocast of that type; ``"auto"`` follows the caller's autocast.
+            Distances are always accumulated in fp32.
         channels_last: Run the AE in channels-last memory format (converts the AE's weights in
-            place). Measured 10-23% faster than NCHW on a 2-core CPU and the format GPU tensor cores want;
-            off by default because its different summation order moves results by ~1e-5 relative
-            from the reference's.
+            place). Off by default: on a 2-core CPU it measured 0.87-0.92x the default's time at
+            batch 1 (64^2-128^2) but 1.04x at batch 4 x 96^2, and it moves results by ~1e-5
+            relative; on GPUs it is the format tensor cores want, but it is not measured there
+            yet (``benchmarks/gpu_check.sh``), so it is not switched on by guess.
         memory_efficient: Recompute the RRDB activations of the SR pass during backward instead
-            of storing them (activation checkpointing): much less memory, about one more AE
-            forward of compute. Sets the AE's ``gradient_checkpointing`` (the HR pass runs without
-            autograd, so only the SR pass is affected).
+            of storing them (activation checkpointing). Sets the AE's ``gradient_checkpointing``
+            (the HR pass runs without autograd, so only the SR pass is affected). Where the memory
+            goes: the SR pass stores its RRDB trunk (23 blocks of 64-channel maps at LR size for
+            the paper's AE, most of it) and its upsampling tail (64-channel maps at 2x and 4x the
+            LR size); only the trunk is recomputed. Measured on a CPU (one step, 1 x 256^2, peak
+            RSS growth in a fresh process): the paper's AE 1,145 -> 252 MiB (0.22x) for 1.24x the
+            time; an AE as small as the demo (2 blocks, 32 channels) 153 -> 87 MiB (0.53-0.57x
+            over two runs), since its tail dominates. Small AEs gain little.
         compile: ``torch.compile`` the AE passes: ``True`` for the default (inductor) backend, or
             a backend name (``"aot_eager"``, ``"cudagraphs"`` ...). The first call compiles.
 
@@ -134,10 +143,17 @@ class AESOPLoss(nn.Module):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
         if space not in ("ae", "bottleneck"):
             raise ValueError(f"space must be 'ae' or 'bottleneck', got {space!r}.")
-        if precision not in ("fp32", "tf32", "bf16", "fp16", "auto"):
-            raise ValueError(
-                f"precision must be 'fp32', 'tf32', 'bf16', 'fp16' or 'auto', got {precision!r}."
+        if precision == "tf32":  # the option from before the AE followed the caller
+            warnings.warn(
+                "precision='tf32' is deprecated: the AE now follows the caller's TF32 setting "
+                "(torch.backends.cudnn.allow_tf32, on by PyTorch's default), so precision='fp32' "
+                "runs TF32 convolutions wherever the caller's own layers do.",
+                DeprecationWarning,
+                stacklevel=2,
             )
+            precision = "fp32"
+        if precision not in ("fp32", "bf16", "fp16", "auto"):
+            raise ValueError(f"precision must be 'fp32', 'bf16', 'fp16' or 'auto', got {precision!r}.")
         if as_loss_map and space == "bottleneck":
             raise ValueError("as_loss_map weights the pixel loss by the AE-space error; use space='ae'.")
         if isinstance(ae, (str, os.PathLike)):
@@ -169,7 +185,6 @@ class AESOPLoss(nn.Module):
             self.ae.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.compile_backend = (compile if isinstance(compile, str) else "inductor") if compile else None
         self._build_net()
-        self._last_scope: _TF32Scope | None = None
         self.register_state_dict_post_hook(_drop_ae_from_state_dict)
         self.register_load_state_dict_pre_hook(_keep_ae_on_load)
 
@@ -184,7 +199,6 @@ class AESOPLoss(nn.Module):
         # pickle / deepcopy: the AE pass (possibly a compiled wrapper) is rebuilt, not copied
         state = super().__getstate__()
         state.pop("_net", None)
-        state["_last_scope"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -208,21 +222,10 @@ class AESOPLoss(nn.Module):
         """The AE's scale: ``sr`` and ``hr`` heights and widths must be multiples of it."""
         return self.ae.scale
 
-    def _embed(self, x: Tensor, scope: _TF32Scope | None = None) -> Tensor:
-        if scope is not None:  # backward reaches this node last: restore the caller's setting
-            x = _CallOnBackward.apply(x, scope.leave)
+    def _embed(self, x: Tensor) -> Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = self._net(x)
-        if scope is not None:  # backward reaches this node first: apply this loss's setting
-            y = _CallOnBackward.apply(y, scope.enter)
-        return y
-
-    def _backward_scope(self, sr: Tensor) -> _TF32Scope | None:
-        """The cuDNN TF32 setting must also hold in backward: the flag is read when a conv runs."""
-        if self.precision in ("fp32", "tf32") and torch.is_grad_enabled() and sr.requires_grad:
-            return _TF32Scope(self.precision == "tf32")
-        return None
+        return self._net(x)
 
     def _precision(self, device_type: str) -> contextlib.AbstractContextManager[object]:
         if self.precision == "auto":
@@ -230,10 +233,7 @@ class AESOPLoss(nn.Module):
         if self.precision in ("bf16", "fp16"):
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
             return torch.autocast(device_type, dtype=dtype)
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch.autocast(device_type, enabled=False))
-        stack.enter_context(_cudnn_tf32(self.precision == "tf32"))  # no effect off CUDA
-        return stack
+        return torch.autocast(device_type, enabled=False)  # fp32 activations inside the caller's autocast
 
     def forward(self, sr: Tensor, hr: Tensor, weight: Tensor | None = None) -> Tensor:
         """Compute the loss.
@@ -251,16 +251,13 @@ class AESOPLoss(nn.Module):
         """
         param = next(self.ae.parameters())
         self._validate(sr, hr, param)
-        if self._last_scope is not None:  # a backward that raised inside the AE kept the setting
-            self._last_scope.leave()
-        scope = self._last_scope = self._backward_scope(sr)
         device_type = sr.device.type
         with self._precision(device_type):
             if not torch.is_autocast_enabled(device_type) and sr.dtype != param.dtype:
                 sr, hr = sr.to(param.dtype), hr.to(param.dtype)
             with torch.no_grad():
                 target = self._embed(hr.detach())
-            pred = self._embed(sr, scope)
+            pred = self._embed(sr)
         # Distances accumulate in at least fp32, also when the AE ran under autocast.
         acc = torch.promote_types(pred.dtype, torch.float32)
         if self.as_loss_map:
@@ -329,51 +326,6 @@ class AESOPLoss(nn.Module):
                         f"AESOPLoss: {name} values span [{lo:.3g}, {hi:.3g}], expected [0, 1]; "
                         "scale [0, 255] images by 1/255 and [-1, 1] images by (x + 1) / 2."
                     )
-
-
-@contextlib.contextmanager
-def _cudnn_tf32(allow: bool) -> Iterator[None]:
-    previous = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = allow
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = previous
-
-
-class _TF32Scope:
-    """cuDNN's TF32 flag for the backward of one SR pass, restored when that backward leaves it."""
-
-    def __init__(self, allow: bool) -> None:
-        self.allow = allow
-        self.previous: bool | None = None
-
-    def enter(self) -> None:
-        if self.previous is None:
-            self.previous = torch.backends.cudnn.allow_tf32
-            torch.backends.cudnn.allow_tf32 = self.allow
-            # safety net: a backward that stops inside the AE (autograd.grad of an inner
-            # tensor) still gives the flag back when it ends
-            torch.autograd.Variable._execution_engine.queue_callback(self.leave)
-
-    def leave(self) -> None:
-        if self.previous is not None:
-            torch.backends.cudnn.allow_tf32 = self.previous
-            self.previous = None
-
-
-class _CallOnBackward(torch.autograd.Function):
-    """Identity whose backward calls ``action``: marks where a backward pass enters or leaves the AE."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, action: Callable[[], None]) -> Tensor:
-        ctx.action = action
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        ctx.action()
-        return grad, None
 
 
 def _check_weight(weight: Tensor, dist: Tensor) -> None:
