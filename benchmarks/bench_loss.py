@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from aesop_loss import AESOPLoss, AutoEncoder, RRDBNet
-from aesop_loss.data import list_images, load_image
+from aesop_loss.train import list_images, load_image
 
 IMAGES = Path(__file__).resolve().parents[1] / "examples" / "images"
 

@@ -20,8 +20,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from aesop_loss.data import CropDataset, SampleStream, collate_crops, prepare_data
-from aesop_loss.pretrain import PretrainConfig, _Dist, _Run
+from aesop_loss.train import (
+    CropDataset,
+    PretrainConfig,
+    PretrainRun,
+    SampleStream,
+    collate_crops,
+    prepare_data,
+)
+from aesop_loss.train.loop import Distributed
 
 IMAGES = Path(__file__).resolve().parents[1] / "examples" / "images"
 
@@ -60,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         crop=args.crop,
         amp=args.amp,
     )
-    run = _Run(cfg, _Dist(device=torch.device(args.device)))
+    run = PretrainRun(cfg, Distributed(device=torch.device(args.device)))
     hr = torch.randint(0, 256, (args.batch_size, 3, args.crop, args.crop), dtype=torch.uint8)
     lr = torch.randint(0, 256, (args.batch_size, 3, args.crop // 4, args.crop // 4), dtype=torch.uint8)
     for _ in range(2):

@@ -24,9 +24,9 @@ from PIL import Image
 from torch import Tensor, nn
 
 from aesop_loss import AESOPLoss, AutoEncoder, RRDBNet
-from aesop_loss.data import CropDataset, ImageSet, collate_crops, list_images, load_image
 from aesop_loss.metrics import ae_psnr, lr_psnr, psnr
-from aesop_loss.resize import imresize
+from aesop_loss.resize import imresize, make_lr
+from aesop_loss.train import CropDataset, ImageSet, collate_crops, list_images, load_image
 
 HERE = Path(__file__).parent
 HELD_OUT = "chelsea.png"
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     held = load_image(HERE / "images" / HELD_OUT)[:, 40 : 40 + 2 * size, 100 : 100 + 2 * size]
     hr = (held.float() / 255)[None].to(device)
-    lr = ((imresize(hr.double(), 0.25).clamp(0, 1) * 255).round() / 255).float()
+    lr = make_lr(hr, 4)
     with torch.no_grad():
         outs = {"L1": l1_net(lr).clamp(0, 1), "AESOP": aesop_net(lr).clamp(0, 1)}
     bicubic = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)

@@ -32,20 +32,25 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from aesop_loss import AESOPLoss, AutoEncoder, RRDBNet
-from aesop_loss._cli import CLIError, StopRequest, run_cli
-from aesop_loss._io import atomic_path
-from aesop_loss.data import (
+from aesop_loss.cli import CLIError, run_cli
+from aesop_loss.metrics import ae_psnr, lr_psnr, psnr
+from aesop_loss.resize import make_lr
+from aesop_loss.train import (
+    AMP_DTYPES,
     CropDataset,
+    RunFolder,
     SampleStream,
+    StopRequest,
+    amp_dtype,
+    atomic_path,
+    check_device,
     collate_crops,
+    ema_update,
     ignore_stop_signals,
     list_images,
     load_image,
     prepare_data,
 )
-from aesop_loss.metrics import ae_psnr, lr_psnr, psnr
-from aesop_loss.resize import imresize
-from aesop_loss.runs import RunFolder, RunFolderError
 
 HERE = Path(__file__).parent
 logger = logging.getLogger("train_esrgan")
@@ -136,7 +141,7 @@ def validation_pairs(paths: list[Path], size: int) -> list[tuple[Tensor, Tensor]
         img = load_image(path)
         h, w = (min(size, d) // 4 * 4 for d in img.shape[-2:])
         hr = (img[:, :h, :w].double() / 255)[None]
-        lr = (imresize(hr, 0.25).clamp(0, 1) * 255).round() / 255
+        lr = make_lr(hr, 4)
         pairs.append((hr.float(), lr.float()))
     return pairs
 
@@ -183,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--perceptual-weight", type=float, default=1.0)
     p.add_argument("--pixel-weight", type=float, default=1.0)
     p.add_argument("--require-perceptual", action="store_true")
-    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    p.add_argument("--amp", choices=tuple(AMP_DTYPES), default="none")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--out", type=Path, default=Path("runs/esrgan"))
@@ -199,13 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     args.steps = args.steps or (2 if args.smoke else 400_000)
     check_flags(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    # --out must be new, empty, or this script's own run; one run at a time (see aesop_loss.runs)
+    # --out must be new, empty, or this script's own run; one run at a time (see aesop_loss.train.runs)
     folder = RunFolder(args.out, tool="train_esrgan", writes={"": ["*"], "generator": ["*"]},
                        legacy="state.pt", resume=args.resume)  # fmt: skip
-    try:
-        folder.claim()
-    except RunFolderError as exc:
-        raise CLIError(str(exc)) from None
+    folder.claim()  # a RunFolderError is a CLIError: one line, exit 2
     try:
         return train(args, folder)
     finally:
@@ -225,18 +227,13 @@ def check_flags(args: argparse.Namespace) -> None:
         raise CLIError("--workers and --seed must be >= 0.")
     if args.crop % 4:
         raise CLIError(f"--crop {args.crop} is not a multiple of 4 (this recipe trains x4).")
-    try:
-        device = torch.device(args.device)
-    except (RuntimeError, ValueError):
-        raise CLIError(f"--device {args.device!r}: expected cpu, cuda or cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(f"--device {args.device}: no CUDA GPU is available here; use --device cpu.")
+    check_device(args.device)
 
 
 def train(args: argparse.Namespace, folder: RunFolder) -> int:
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    amp = amp_dtype(args.amp)
 
     ae = AutoEncoder.from_pretrained(args.ae, device=device)
     if ae.scale != 4:
@@ -330,8 +327,7 @@ def train(args: argparse.Namespace, folder: RunFolder) -> int:
         scaler.scale(loss_d).backward()
         scaler.step(opt_d)
         scaler.update()
-        with torch.no_grad():
-            torch._foreach_lerp_(list(g_ema.parameters()), [q.detach() for q in g.parameters()], 1e-3)
+        ema_update(list(g_ema.parameters()), list(g.parameters()), 0.999)
         if step % args.val_every == 0 or step == args.steps:
             scores = validate(g_ema, ae, val, device)
             losses = {"l_pix": l_pix.item(), "l_gan": l_gan.item(), "l_d": loss_d.item()}

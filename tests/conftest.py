@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from aesop_loss import AutoEncoder
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OFFICIAL = FIXTURES / "official"
@@ -14,6 +17,18 @@ AE_GOLDEN = OFFICIAL / "official_rrdb_ae_small.golden.safetensors"
 RRDB_CKPT = OFFICIAL / "basicsr_rrdbnet_x4_small.pth"
 RRDB_GOLDEN = OFFICIAL / "basicsr_rrdbnet_x4_small.golden.safetensors"
 IMAGES = Path(__file__).parents[1] / "examples" / "images"  # the CC0 / public-domain sample photos
+
+# The suite's one tiny AE (x4, 16 features, 1 block, growth 8): as constructor arguments and as the
+# pretraining flags that build it.
+TINY = {"num_feat": 16, "num_block": 1, "num_grow_ch": 8}
+TINY_FLAGS = ["--num-feat", "16", "--num-block", "1", "--num-grow-ch", "8"]
+
+
+def tiny_ae(**overrides: Any) -> AutoEncoder:
+    """The tiny AE (random weights) marked as pretrained, so that AESOPLoss takes it silently."""
+    ae = AutoEncoder(**{**TINY, **overrides})
+    ae.is_pretrained = True
+    return ae
 
 
 def wait_for_file(path: Path, timeout: float) -> None:
@@ -73,9 +88,7 @@ def rrdb_golden() -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture
-def reference_ae():  # type: ignore[no-untyped-def]
-    from aesop_loss import AutoEncoder
-
+def reference_ae() -> AutoEncoder:
     return AutoEncoder.from_pretrained(AE_CKPT)
 
 

@@ -9,9 +9,7 @@ import torch.nn.functional as F
 from aesop_loss import AutoEncoder, CheckpointError, RRDBNet
 from aesop_loss.checkpoints import canonicalize_autoencoder, read_state_dict
 
-from conftest import AE_CKPT, OFFICIAL, RRDB_CKPT, rel_err
-
-TINY = {"num_feat": 16, "num_block": 1, "num_grow_ch": 8}
+from conftest import AE_CKPT, OFFICIAL, RRDB_CKPT, TINY, rel_err
 
 
 @pytest.mark.usefixtures("strict_fp32")
@@ -158,12 +156,6 @@ def test_x2_round_trip_through_reference_format(tmp_path):
     x = torch.rand(1, 3, 12, 8)
     with torch.no_grad():
         assert torch.equal(loaded(x), ae(x))
-
-
-def test_unshuffle_order_matters():
-    # two PixelUnshuffle(2) are not one PixelUnshuffle(4): the channel layouts differ
-    x = torch.arange(16.0).reshape(1, 1, 4, 4)
-    assert not torch.equal(F.pixel_unshuffle(F.pixel_unshuffle(x, 2), 2), F.pixel_unshuffle(x, 4))
 
 
 def test_bicubic_encoder_and_reference_ablation_checkpoint(tmp_path):

@@ -10,19 +10,18 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from aesop_loss import data as data_mod
-from aesop_loss.data import (
+from aesop_loss.resize import imresize, make_lr
+from aesop_loss.train import data as data_mod
+from aesop_loss.train.data import (
     CropDataset,
     DataError,
     ImageSet,
     RemoteArchive,
-    _bicubic_lr,
     fetch_archive,
     list_images,
     load_image,
     prepare_data,
 )
-from aesop_loss.resize import imresize
 
 from conftest import FIXTURES, IMAGES
 
@@ -63,12 +62,17 @@ def test_astronaut_fixture_crop_is_the_shared_image():
     assert torch.allclose(img[:, 100:196, 150:278], ref)
 
 
-@pytest.mark.parametrize(("top", "left"), [(0, 0), (100, 200), (448, 448), (4, 8)])
-def test_crop_lr_equals_full_image_lr(top, left):
+def test_crop_lr_equals_the_crop_of_the_full_image_lr():
+    # each LR crop is cut from the MATLAB-bicubic LR of the whole image, borders included
     img = load_image(IMAGES / "astronaut.png")
-    full = (imresize(img.double() / 255, 1 / 4).clamp(0, 1) * 255).round().to(torch.uint8)
-    lr = _bicubic_lr(img, top, left, 64, 4)
-    assert torch.equal(lr, full[:, top // 4 : top // 4 + 16, left // 4 : left // 4 + 16])
+    full = (make_lr(img.double() / 255, 4) * 255).round().to(torch.uint8)
+    ds = CropDataset(ImageSet([IMAGES / "astronaut.png"]), crop=64, scale=4, seed=0, augment=False,
+                     crops_per_image=16)  # fmt: skip
+    hrs, lrs = ds[0]
+    windows = img.unfold(1, 64, 4).unfold(2, 64, 4)  # (3, rows, cols, 64, 64): every 4-aligned crop
+    for hr, lr in zip(hrs, lrs, strict=True):
+        (y, x), *_ = (windows == hr[:, None, None]).all(-1).all(-1).all(0).nonzero().tolist()
+        assert torch.equal(lr, full[:, y : y + 16, x : x + 16])
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "LA", "I;16", "CMYK"])
@@ -377,7 +381,7 @@ class _SignalHandlers(torch.utils.data.Dataset):
 
 
 def test_workers_leave_stop_signals_to_the_training_process():
-    from aesop_loss.data import ignore_stop_signals
+    from aesop_loss.train import ignore_stop_signals
 
     loader = torch.utils.data.DataLoader(
         _SignalHandlers(), batch_size=None, num_workers=1, worker_init_fn=ignore_stop_signals

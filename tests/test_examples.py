@@ -58,7 +58,7 @@ def test_train_esrgan_smoke(tmp_path):
 def test_train_esrgan_resumes_exactly(tmp_path):
     import train_esrgan
 
-    from aesop_loss._cli import run_cli
+    from aesop_loss.cli import run_cli
 
     common = ["--smoke", "--device", "cpu", "--steps", "4"]
     assert train_esrgan.main([*common, "--out", str(tmp_path / "straight")]) == 0
@@ -160,7 +160,7 @@ def test_demo_ae_passes_colour_offsets(photo):
     # comes out of a faithful AE with gain ~1; AESOP cannot see colour errors the AE drops. The demo
     # AE passes them in part (its card: Cb 0.23-0.66, Cr 0.26-0.62); the first demo AE, trained
     # without --color-jitter, had Cb gain 0.09, which made AESOP blind to a blue-yellow shift.
-    from aesop_loss.data import load_image
+    from aesop_loss.train import load_image
 
     ae = AutoEncoder.from_pretrained("demo")
     img = load_image(EXAMPLES / "images" / photo)[:, 40:168, 100:228].float()[None] / 255

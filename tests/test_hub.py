@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -10,15 +11,12 @@ import pytest
 import torch
 
 from aesop_loss import AESOPLoss, AutoEncoder, CheckpointError, RRDBNet
-from aesop_loss._cli import run_cli
-from aesop_loss._io import sha256_file
 from aesop_loss.checkpoints import canonicalize_rrdbnet
+from aesop_loss.cli import run_cli
 from aesop_loss.convert import main as convert_main
 
-from conftest import AE_CKPT, rel_err
+from conftest import AE_CKPT, TINY, rel_err
 from hubserver import COMMIT, serve_hub
-
-TINY = {"num_feat": 16, "num_block": 2, "num_grow_ch": 8}
 
 
 @pytest.mark.parametrize(
@@ -62,7 +60,7 @@ def test_convert_cli_reproduces_golden(tmp_path, ae_golden, capsys):
     out = tmp_path / "aesop-ae"
     assert convert_main([str(AE_CKPT), str(out), "--training-data", "DF2K"]) == 0
     card = (out / "README.md").read_text()
-    assert sha256_file(AE_CKPT) in card
+    assert hashlib.sha256(AE_CKPT.read_bytes()).hexdigest() in card
     assert "official_rrdb_ae_small.pth" in card
     from safetensors.torch import load_file
 
@@ -248,7 +246,7 @@ def test_folder_without_config(tmp_path):
 def test_config_that_does_not_match_weights(tmp_path):
     AutoEncoder(**TINY).save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    cfg["num_block"] = 3
+    cfg["num_block"] = 3  # the weights have 1
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(
         CheckpointError, match=r"config\.json: does not match model\.safetensors: num_block=3"
@@ -328,7 +326,7 @@ _PUSH = textwrap.dedent(
     from aesop_loss.pretrain import main as pretrain
     ckpt, images, work = sys.argv[1:4]
     torch.manual_seed(0)
-    ae = AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8)
+    ae = AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8)  # conftest.TINY
     print("url", ae.push_to_hub("aesop/pushed", training_data="unit test"))
     assert convert([ckpt, work + "/converted", "--push-to-hub", "aesop/converted"]) == 0
     tiny = ["--num-feat", "16", "--num-block", "1", "--num-grow-ch", "8", "--crop", "32", "--workers", "0"]
@@ -363,7 +361,10 @@ def test_push_to_hub_round_trip(tmp_path):
         assert sorted(p.name for p in (tmp_path / "hub" / "aesop" / repo).iterdir()) == [
             "README.md", "config.json", "model.safetensors",
         ]  # fmt: skip
-    assert sha256_file(AE_CKPT) in (tmp_path / "hub" / "aesop" / "converted" / "README.md").read_text()
+    assert (
+        hashlib.sha256(AE_CKPT.read_bytes()).hexdigest()
+        in (tmp_path / "hub" / "aesop" / "converted" / "README.md").read_text()
+    )
 
 
 # --- hostile or broken model files: refused fast, by name ------------------------------------------

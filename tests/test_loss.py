@@ -9,13 +9,7 @@ from torch import nn
 
 from aesop_loss import AESOPLoss, AutoEncoder
 
-from conftest import AE_CKPT, rel_err
-
-
-def _pretrained_tiny(scale: int = 4, encoder: str = "learned") -> AutoEncoder:
-    ae = AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8, scale=scale, encoder=encoder)  # type: ignore[arg-type]
-    ae.is_pretrained = True
-    return ae
+from conftest import AE_CKPT, TINY, rel_err, tiny_ae
 
 
 @pytest.mark.usefixtures("strict_fp32")
@@ -55,7 +49,7 @@ class _Model(nn.Module):
 
 
 def test_parent_train_keeps_ae_in_eval():
-    model = _Model(_pretrained_tiny())
+    model = _Model(tiny_ae())
     model.train()
     assert model.training
     assert model.criterion.training
@@ -64,10 +58,10 @@ def test_parent_train_keeps_ae_in_eval():
 
 
 def test_parent_state_dict_excludes_ae_and_loads_back_strictly():
-    model = _Model(_pretrained_tiny())
+    model = _Model(tiny_ae())
     sd = model.state_dict()
     assert sorted(sd) == ["net.bias", "net.weight"]
-    fresh = _Model(_pretrained_tiny())
+    fresh = _Model(tiny_ae())
     before = {k: v.clone() for k, v in fresh.criterion.ae.state_dict().items()}
     fresh.load_state_dict(sd, strict=True)
     assert torch.equal(fresh.net.weight, model.net.weight)
@@ -75,7 +69,7 @@ def test_parent_state_dict_excludes_ae_and_loads_back_strictly():
 
 
 def test_moving_parent_moves_ae(device):
-    model = _Model(_pretrained_tiny()).to(device=device, dtype=torch.float64)
+    model = _Model(tiny_ae()).to(device=device, dtype=torch.float64)
     assert all(
         p.device.type == device.type and p.dtype == torch.float64 for p in model.criterion.ae.parameters()
     )
@@ -86,20 +80,20 @@ def test_moving_parent_moves_ae(device):
 @pytest.mark.parametrize("criterion", ["l1", "l2"])
 @pytest.mark.parametrize("space", ["ae", "bottleneck"])
 def test_identical_inputs_give_zero(criterion, space):
-    loss_fn = AESOPLoss(_pretrained_tiny(), criterion=criterion, space=space)
+    loss_fn = AESOPLoss(tiny_ae(), criterion=criterion, space=space)
     x = torch.rand(2, 3, 16, 16)
     assert float(loss_fn(x, x.clone())) == 0.0
 
 
 def test_charbonnier_floor():
-    loss_fn = AESOPLoss(_pretrained_tiny(), criterion="charbonnier", eps=1e-6)
+    loss_fn = AESOPLoss(tiny_ae(), criterion="charbonnier", eps=1e-6)
     x = torch.rand(1, 3, 8, 8)
     assert float(loss_fn(x, x)) == pytest.approx(1e-3, rel=1e-4)
 
 
 def test_untrained_ae_warns():
     with pytest.warns(UserWarning, match="never loaded or trained"):
-        AESOPLoss(AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8))
+        AESOPLoss(AutoEncoder(**TINY))
 
 
 def test_pretrained_ae_does_not_warn():
@@ -148,7 +142,7 @@ def test_loss_map_mode_matches_reference_formula(reference_ae, ae_golden):
 
 
 def test_invalid_options():
-    ae = _pretrained_tiny()
+    ae = tiny_ae()
     with pytest.raises(ValueError, match="criterion"):
         AESOPLoss(ae, criterion="l3")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="reduction"):
@@ -188,7 +182,7 @@ def _bad_inputs():
 
 @pytest.mark.parametrize(("case", "sr", "hr", "needle"), _bad_inputs(), ids=[c[0] for c in _bad_inputs()])
 def test_bad_inputs_are_explained(case, sr, hr, needle):
-    loss_fn = AESOPLoss(_pretrained_tiny())
+    loss_fn = AESOPLoss(tiny_ae())
     with pytest.raises((ValueError, TypeError), match=needle):
         loss_fn(sr, hr)
 
@@ -205,13 +199,13 @@ def test_bad_inputs_are_explained(case, sr, hr, needle):
 def test_opt_in_value_checks(make, needle):
     x = torch.rand(1, 3, 16, 16)
     bad = make(x)
-    AESOPLoss(_pretrained_tiny())(bad, bad)  # off by default: no sync, no error
+    AESOPLoss(tiny_ae())(bad, bad)  # off by default: no sync, no error
     with pytest.raises(ValueError, match=needle):
-        AESOPLoss(_pretrained_tiny(), check_values=True)(bad, x)
+        AESOPLoss(tiny_ae(), check_values=True)(bad, x)
 
 
 def test_weight_shape_checked():
-    loss_fn = AESOPLoss(_pretrained_tiny())
+    loss_fn = AESOPLoss(tiny_ae())
     x = torch.rand(1, 3, 16, 16)
     with pytest.raises(ValueError, match="does not broadcast"):
         loss_fn(x, x, weight=torch.ones(1, 3, 4, 4))
@@ -296,9 +290,7 @@ def test_memory_efficient_stores_less_for_backward():
 
 
 def _pretrained_tiny_deep() -> AutoEncoder:
-    ae = AutoEncoder(num_feat=16, num_block=4, num_grow_ch=8)
-    ae.is_pretrained = True
-    return ae
+    return tiny_ae(num_block=4)
 
 
 @pytest.mark.usefixtures("strict_fp32")
@@ -335,7 +327,7 @@ def test_ae_follows_the_callers_tf32_policy_and_never_changes_it(caller, memory_
     def record(name: str):
         return lambda *args: seen.append((name, torch.backends.cudnn.allow_tf32))
 
-    ae = _pretrained_tiny()
+    ae = tiny_ae()
     ae.decoder.conv_first.register_forward_pre_hook(record("ae forward"))
     ae.decoder.conv_first.register_full_backward_pre_hook(record("ae backward"))
     generator = nn.Conv2d(3, 3, 3, padding=1)
@@ -351,7 +343,7 @@ def test_ae_follows_the_callers_tf32_policy_and_never_changes_it(caller, memory_
 
 def test_tf32_option_is_deprecated_and_means_the_callers_policy():
     with pytest.warns(DeprecationWarning, match=r"precision='tf32' is deprecated"):
-        loss_fn = AESOPLoss(_pretrained_tiny(), precision="tf32")  # type: ignore[arg-type]
+        loss_fn = AESOPLoss(tiny_ae(), precision="tf32")  # type: ignore[arg-type]
     assert loss_fn.precision == "fp32"
 
 
@@ -366,7 +358,7 @@ def test_low_precision_inputs_follow_ae_dtype(reference_ae, ae_golden):
 @pytest.mark.parametrize("scale", [2, 4])
 @pytest.mark.parametrize("encoder", ["learned", "bicubic"])
 def test_scales_and_encoders(scale, encoder):
-    loss_fn = AESOPLoss(_pretrained_tiny(scale=scale, encoder=encoder))
+    loss_fn = AESOPLoss(tiny_ae(scale=scale, encoder=encoder))
     sr = torch.rand(2, 3, 8, 12, requires_grad=True)
     loss = loss_fn(sr, torch.rand(2, 3, 8, 12))
     loss.backward()
@@ -379,7 +371,7 @@ def test_drop_in_for_l1_in_a_training_step():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.PixelShuffle(2))
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    criterion = AESOPLoss(_pretrained_tiny(scale=2))  # was: nn.L1Loss()
+    criterion = AESOPLoss(tiny_ae(scale=2))  # was: nn.L1Loss()
     lr, hr = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 16, 16)
     before = [p.clone() for p in net.parameters()]
     loss = criterion(net(lr), hr)
@@ -396,7 +388,7 @@ def test_loss_pickles_and_deep_copies(compile, copier):
     import io
     import pickle
 
-    loss_fn = AESOPLoss(_pretrained_tiny(), criterion="charbonnier", loss_weight=0.5, compile=compile)
+    loss_fn = AESOPLoss(tiny_ae(), criterion="charbonnier", loss_weight=0.5, compile=compile)
     model = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1))
     model.criterion = loss_fn  # type: ignore[assignment]
     if copier == "pickle":
@@ -422,6 +414,6 @@ def test_loss_pickles_and_deep_copies(compile, copier):
 
 @pytest.mark.parametrize("shape", [(0, 3, 16, 16), (1, 3, 0, 16)], ids=["no-images", "no-rows"])
 def test_empty_batch_is_a_clear_error(shape):
-    loss_fn = AESOPLoss(_pretrained_tiny())
+    loss_fn = AESOPLoss(tiny_ae())
     with pytest.raises(ValueError, match=r"sr is empty .*pass at least one image"):
         loss_fn(torch.rand(*shape), torch.rand(*shape))

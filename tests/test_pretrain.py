@@ -13,13 +13,14 @@ import torch
 from safetensors.torch import load_file
 
 from aesop_loss import AESOPLoss, AutoEncoder
-from aesop_loss import pretrain as pretrain_mod
-from aesop_loss._cli import run_cli
+from aesop_loss.cli import run_cli
 from aesop_loss.pretrain import main
+from aesop_loss.train import PretrainRun, StopRequest
 
-from conftest import IMAGES, assert_stopped_and_saved, wait_for_file
+from conftest import IMAGES, TINY_FLAGS, assert_stopped_and_saved, wait_for_file
+from conftest import TINY as TINY_ARCH
 
-TINY = ["--num-feat", "16", "--num-block", "1", "--num-grow-ch", "8", "--crop", "32", "--workers", "0"]
+TINY = [*TINY_FLAGS, "--crop", "32", "--workers", "0"]
 
 
 def _args(out: Path, *extra: str) -> list[str]:
@@ -90,7 +91,7 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch, capsy
         Path(f).write_bytes(b"half a checkpoint")  # type: ignore[arg-type]
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pretrain_mod.torch, "save", broken_save)
+    monkeypatch.setattr(torch, "save", broken_save)
     code = run_cli(main, [*_args(out), "--steps", "4", "--batch-size", "2", "--save-every", "2", "--resume"])
     assert code == 1
     err = capsys.readouterr().err
@@ -105,7 +106,7 @@ def _signal_during_step(monkeypatch, at_step: int, times: int) -> None:
     """Deliver Ctrl-C ``times`` times in the middle of step ``at_step``, as a user would."""
     import signal
 
-    real_step = pretrain_mod._Run.train_step
+    real_step = PretrainRun.train_step
 
     def step_with_signal(self, hr, lr):  # type: ignore[no-untyped-def]
         if self.step + 1 == at_step:
@@ -113,7 +114,7 @@ def _signal_during_step(monkeypatch, at_step: int, times: int) -> None:
                 signal.raise_signal(signal.SIGINT)
         return real_step(self, hr, lr)
 
-    monkeypatch.setattr(pretrain_mod._Run, "train_step", step_with_signal)
+    monkeypatch.setattr(PretrainRun, "train_step", step_with_signal)
 
 
 def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(tmp_path, monkeypatch, caplog):
@@ -140,8 +141,6 @@ def test_duplicate_signals_count_as_one_stop(tmp_path, monkeypatch):
 
 
 def test_second_ctrl_c_aborts_without_saving(tmp_path, monkeypatch, caplog):
-    from aesop_loss._cli import StopRequest
-
     out = tmp_path / "run"
     monkeypatch.setattr(StopRequest, "repeat_window", 0.0)  # a human's second press, not a duplicate
     _signal_during_step(monkeypatch, at_step=2, times=2)
@@ -358,7 +357,7 @@ def test_signal_finishes_step_saves_and_exits(tmp_path, sig, workers, to_group):
 def test_freeze_decoder_always(tmp_path):
     out = tmp_path / "run"
     torch.manual_seed(0)
-    start = AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8).state_dict()  # the run's seed-0 init
+    start = AutoEncoder(**TINY_ARCH).state_dict()  # the run's seed-0 init
     args = [*_args(out), "--steps", "3", "--batch-size", "2", "--save-every", "3", "--ema", "0"]
     assert main([*args, "--freeze-decoder-steps", "-1"]) == 0
     trained = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]
@@ -378,14 +377,13 @@ def test_amp_runs_on_cpu(tmp_path, amp):
 def _stop_vote(rank: int, store_path: str, results: Any) -> None:
     import torch.distributed as dist
 
-    from aesop_loss._cli import StopRequest
-
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=2)
-    env = pretrain_mod._Dist(rank=rank, world=2, device=torch.device("cpu"))
     stop = StopRequest()
     stop.requested = rank == 0  # only rank 0 got the signal (so far)
-    every = pretrain_mod._STOP_CHECK_EVERY
-    results.put((rank, [pretrain_mod._stop_agreed(stop, step, env) for step in (every - 1, every)]))
+    every = StopRequest.check_every
+    results.put(
+        (rank, [stop.agreed(step, world=2, device=torch.device("cpu")) for step in (every - 1, every)])
+    )
     dist.destroy_process_group()
 
 

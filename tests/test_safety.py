@@ -18,15 +18,15 @@ import pytest
 import torch
 
 from aesop_loss import AutoEncoder
-from aesop_loss._cli import run_cli
+from aesop_loss.cli import run_cli
 from aesop_loss.convert import main as convert_main
 from aesop_loss.pretrain import main as pretrain_main
-from aesop_loss.runs import RunFolder
+from aesop_loss.train import RunFolder
 
-from conftest import AE_CKPT, IMAGES, wait_for_file
+from conftest import AE_CKPT, IMAGES, TINY_FLAGS, wait_for_file
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
-TINY = ["--num-feat", "16", "--num-block", "1", "--num-grow-ch", "8", "--crop", "32", "--workers", "0"]
+TINY = [*TINY_FLAGS, "--crop", "32", "--workers", "0"]
 
 
 def _pretrain_args(out: Path, *extra: str) -> list[str]:
@@ -239,7 +239,7 @@ def test_second_run_on_a_folder_is_refused_and_kill_9_does_not_block_resume(tmp_
 def test_lock_is_released_with_its_process_and_names_the_holder(tmp_path):
     out = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import time\nfrom aesop_loss.runs import RunFolder\n"
+        [sys.executable, "-c", "import time\nfrom aesop_loss.train import RunFolder\n"
          f"run = RunFolder({str(out)!r}, tool='pretrain').claim()\nprint('held', flush=True)\n"
          "time.sleep(120)"],
         stdout=subprocess.PIPE, text=True,
@@ -338,7 +338,7 @@ def test_read_only_storage_is_one_line(tmp_path, capsys):
 
 
 def _failing_write(path: Path, exc: Exception) -> None:
-    from aesop_loss._io import atomic_path
+    from aesop_loss.train import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_bytes(b"partial")
@@ -358,7 +358,7 @@ def _failing_write(path: Path, exc: Exception) -> None:
     ids=["enospc", "erofs", "torch-save"],
 )
 def test_write_failure_reasons(tmp_path, exc, reason):
-    from aesop_loss._io import WriteError
+    from aesop_loss.train import WriteError
 
     with pytest.raises(WriteError, match=reason):
         _failing_write(tmp_path / "x.bin", exc)

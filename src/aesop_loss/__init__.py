@@ -8,8 +8,7 @@ Examples:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .archs import AutoEncoder, RRDBNet
 from .checkpoints import CheckpointError
 from .loss import AESOPLoss

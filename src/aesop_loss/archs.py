@@ -1,32 +1,30 @@
 """Reference architectures: the ESRGAN generator (``RRDBNet``) and the AESOP autoencoder.
 
 Both use the parameter names of BasicSR and of the authors' AESOP code, so that their checkpoints
-load strictly, key for key. ``AutoEncoder`` is the paper's design: a learned encoder that squeezes an
+load strictly, key for key. This module defines the networks only: reading files and layouts is
+``checkpoints``'s job, and ``from_pretrained`` / ``save_pretrained`` come from ``hub.HubMixin``.
+``AutoEncoder`` is the paper's design: a learned encoder that squeezes an
 HR image into a 3-channel LR-sized bottleneck, followed by a PSNR-oriented ``RRDBNet`` decoder.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = [
-    "RRDB",
-    "AutoEncoder",
-    "BicubicDownsample",
-    "EncoderKind",
-    "RRDBNet",
-    "ResidualDenseBlock",
-]
+from .hub import HubMixin
+
+__all__ = ["AutoEncoder", "EncoderKind", "RRDBNet"]
 
 EncoderKind = Literal["learned", "bicubic"]
+"""An AE's encoder: ``"learned"`` (the paper's) or ``"bicubic"`` (the reference's fixed ablation)."""
 
 # RRDBNet scale -> pixel-unshuffle factor applied to its input (BasicSR convention).
 _UNSHUFFLE_FOR_SCALE = {4: 1, 2: 2, 1: 4}
@@ -48,7 +46,7 @@ def _conv3x3(in_ch: int, out_ch: int) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, 3, 1, 1)
 
 
-class ResidualDenseBlock(nn.Module):
+class _ResidualDenseBlock(nn.Module):
     """Five densely connected 3x3 convs with a scaled residual (ESRGAN's RDB).
 
     Args:
@@ -56,7 +54,7 @@ class ResidualDenseBlock(nn.Module):
         num_grow_ch: Channels each of the first four convs adds to the dense concatenation.
 
     Examples:
-        >>> block = ResidualDenseBlock(num_feat=8, num_grow_ch=4)
+        >>> block = _ResidualDenseBlock(num_feat=8, num_grow_ch=4)
         >>> block(torch.zeros(1, 8, 5, 5)).shape
         torch.Size([1, 8, 5, 5])
     """
@@ -78,23 +76,23 @@ class ResidualDenseBlock(nn.Module):
         return self.conv5(torch.cat(feats, 1)) * 0.2 + x
 
 
-class RRDB(nn.Module):
-    """Residual-in-residual dense block: three ``ResidualDenseBlock`` and a scaled skip.
+class _RRDB(nn.Module):
+    """Residual-in-residual dense block: three ``_ResidualDenseBlock`` and a scaled skip.
 
     Args:
         num_feat: Channels in and out.
         num_grow_ch: Growth channels of the inner dense blocks.
 
     Examples:
-        >>> RRDB(num_feat=8, num_grow_ch=4)(torch.zeros(1, 8, 5, 5)).shape
+        >>> _RRDB(num_feat=8, num_grow_ch=4)(torch.zeros(1, 8, 5, 5)).shape
         torch.Size([1, 8, 5, 5])
     """
 
     def __init__(self, *, num_feat: int = 64, num_grow_ch: int = 32) -> None:
         super().__init__()
-        self.rdb1 = ResidualDenseBlock(num_feat=num_feat, num_grow_ch=num_grow_ch)
-        self.rdb2 = ResidualDenseBlock(num_feat=num_feat, num_grow_ch=num_grow_ch)
-        self.rdb3 = ResidualDenseBlock(num_feat=num_feat, num_grow_ch=num_grow_ch)
+        self.rdb1 = _ResidualDenseBlock(num_feat=num_feat, num_grow_ch=num_grow_ch)
+        self.rdb2 = _ResidualDenseBlock(num_feat=num_feat, num_grow_ch=num_grow_ch)
+        self.rdb3 = _ResidualDenseBlock(num_feat=num_feat, num_grow_ch=num_grow_ch)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
@@ -104,7 +102,7 @@ class _RRDBStack(nn.Sequential):
     """A chain of RRDBs that can trade compute for memory with activation checkpointing."""
 
     def __init__(self, *, num_block: int, num_feat: int, num_grow_ch: int) -> None:
-        super().__init__(*(RRDB(num_feat=num_feat, num_grow_ch=num_grow_ch) for _ in range(num_block)))
+        super().__init__(*(_RRDB(num_feat=num_feat, num_grow_ch=num_grow_ch) for _ in range(num_block)))
         self.gradient_checkpointing = False
 
     def forward(self, x: Tensor) -> Tensor:
@@ -115,15 +113,19 @@ class _RRDBStack(nn.Sequential):
         return x
 
 
-M = TypeVar("M", bound="_Model")
+class _Model(HubMixin, nn.Module):
+    """What the architectures share: Hub I/O (``from_pretrained``, ``save_pretrained``,
+    ``push_to_hub``), a ``config`` read from the constructor's arguments, and activation
+    checkpointing of their RRDB trunks."""
 
-
-class _Model(nn.Module):
-    """What the architectures share: Hub I/O and activation checkpointing of their RRDB trunks."""
+    # constructor arguments stored under another attribute name
+    _config_attrs: ClassVar[dict[str, str]] = {}
 
     @property
     def config(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The constructor arguments that rebuild this architecture (``type(m)(**m.config)``)."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, self._config_attrs.get(name, name)) for name in names}
 
     @property
     def gradient_checkpointing(self) -> bool:
@@ -135,76 +137,6 @@ class _Model(nn.Module):
         for module in self.modules():
             if isinstance(module, _RRDBStack):
                 module.gradient_checkpointing = enabled
-
-    @classmethod
-    def from_pretrained(
-        cls: type[M],
-        src: str | os.PathLike[str],
-        *,
-        revision: str | None = None,
-        device: str | torch.device | None = None,
-        local_files_only: bool = False,
-        token: str | bool | None = None,
-    ) -> M:
-        """Load weights from the Hub, a folder, a ``.safetensors`` file or a ``.pth`` checkpoint.
-
-        Bare files in any supported layout (the authors' AE checkpoints with their duplicated
-        encoder keys; BasicSR, original-ESRGAN and ``RRDB_trunk`` generators) are canonicalised and
-        every hyperparameter is inferred from tensor shapes. Loading is always strict, and ``.pth``
-        files are read with ``weights_only=True``. ``"demo"`` names the small AE bundled with the
-        package (examples and tests only).
-
-        Args:
-            src: Hub repo id (``org/name`` or ``org/name@revision``), ``"demo"``, a folder written
-                by ``save_pretrained``, a ``.safetensors`` file, or a ``.pth`` checkpoint
-                (``{"params_ema": sd}``, ``{"params": sd}`` or a bare state dict).
-            revision: Hub revision (branch, tag or commit) when ``src`` is a repo id.
-            device: Where to put the weights (default: CPU).
-            local_files_only: Never touch the network; use the Hub cache only (as does
-                ``HF_HUB_OFFLINE=1``).
-            token: Hub token for private or gated repos.
-
-        Returns:
-            The model, in eval mode.
-
-        Raises:
-            CheckpointError: Nothing usable at ``src``; the message names the file and problem.
-
-        Examples:
-            >>> import tempfile
-            >>> ae = AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8, scale=2)
-            >>> with tempfile.TemporaryDirectory() as d:
-            ...     _ = ae.save_pretrained(d)
-            ...     AutoEncoder.from_pretrained(d).config == ae.config
-            True
-        """
-        from .hub import load_model
-
-        return load_model(
-            cls, src, revision=revision, device=device, local_files_only=local_files_only, token=token
-        )
-
-    def save_pretrained(self, save_directory: str | os.PathLike[str], **card: Any) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` + a model card ``README.md``, atomically.
-
-        Args:
-            save_directory: Folder to write (created if needed).
-            **card: Model-card facts, the fields of ``aesop_loss.hub.ModelCardInfo``.
-
-        Returns:
-            The folder.
-        """
-        from .hub import save_model
-
-        return save_model(self, save_directory, **card)
-
-    def push_to_hub(
-        self, repo_id: str, *, token: str | None = None, private: bool | None = None, **card: Any
-    ) -> str:
-        """Publish this model as a Hub repo (the ``save_pretrained`` folder); returns the commit URL."""
-        from .hub import push_model_to_hub
-
-        return push_model_to_hub(self, repo_id, token=token, private=private, **card)
 
 
 class RRDBNet(_Model):
@@ -269,18 +201,6 @@ class RRDBNet(_Model):
         self.conv_hr = _conv3x3(num_feat, num_feat)
         self.conv_last = _conv3x3(num_feat, num_out_ch)
 
-    @property
-    def config(self) -> dict[str, Any]:
-        """The constructor arguments that rebuild this architecture (``RRDBNet(**net.config)``)."""
-        return {
-            "num_in_ch": self.num_in_ch,
-            "num_out_ch": self.num_out_ch,
-            "num_feat": self.num_feat,
-            "num_block": self.num_block,
-            "num_grow_ch": self.num_grow_ch,
-            "scale": self.scale,
-        }
-
     def forward(self, x: Tensor) -> Tensor:
         if self._unshuffle > 1:
             x = F.pixel_unshuffle(x, self._unshuffle)
@@ -296,14 +216,14 @@ class RRDBNet(_Model):
         return self.conv_last(F.leaky_relu(self.conv_hr(feat), _LRELU_SLOPE, inplace=True))
 
 
-class BicubicDownsample(nn.Module):
+class _BicubicDownsample(nn.Module):
     """Antialiased bicubic downsampling by ``scale``; the reference ablation's fixed encoder.
 
     Args:
         scale: Downsampling factor.
 
     Examples:
-        >>> BicubicDownsample(scale=4)(torch.rand(1, 3, 16, 8)).shape
+        >>> _BicubicDownsample(scale=4)(torch.rand(1, 3, 16, 8)).shape
         torch.Size([1, 3, 4, 2])
     """
 
@@ -343,6 +263,8 @@ class AutoEncoder(_Model):
         torch.Size([1, 3, 32, 48])
     """
 
+    _config_attrs: ClassVar[dict[str, str]] = {"encoder": "encoder_kind"}  # self.encoder: the module
+
     def __init__(
         self,
         *,
@@ -356,8 +278,8 @@ class AutoEncoder(_Model):
         super().__init__()
         if scale not in (2, 4):
             raise ValueError(f"AutoEncoder supports scale 4 or 2; got scale={scale}.")
-        if encoder not in ("learned", "bicubic"):
-            raise ValueError(f"encoder must be 'learned' or 'bicubic', got {encoder!r}.")
+        if encoder not in get_args(EncoderKind):
+            raise ValueError(f"encoder must be one of {get_args(EncoderKind)}, got {encoder!r}.")
         self.num_in_ch = num_in_ch
         self.num_feat = num_feat
         self.num_block = num_block
@@ -382,7 +304,7 @@ class AutoEncoder(_Model):
                 head,
             )
         else:
-            self.encoder = BicubicDownsample(scale=scale)
+            self.encoder = _BicubicDownsample(scale=scale)
         self.decoder = RRDBNet(
             num_in_ch=num_in_ch,
             num_out_ch=num_in_ch,
@@ -395,18 +317,6 @@ class AutoEncoder(_Model):
         # pretraining routine; AESOPLoss warns about an AE that was never trained.
         self.is_pretrained = False
         self.register_load_state_dict_post_hook(_mark_pretrained)
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """The constructor arguments that rebuild this architecture (``AutoEncoder(**ae.config)``)."""
-        return {
-            "num_in_ch": self.num_in_ch,
-            "num_feat": self.num_feat,
-            "num_block": self.num_block,
-            "num_grow_ch": self.num_grow_ch,
-            "scale": self.scale,
-            "encoder": self.encoder_kind,
-        }
 
     @classmethod
     def from_decoder(

@@ -31,10 +31,7 @@ __all__ = [
     "CheckpointError",
     "canonicalize_autoencoder",
     "canonicalize_rrdbnet",
-    "check_weights",
-    "load_state_dict_strict",
     "read_state_dict",
-    "read_weights_header",
 ]
 
 logger = logging.getLogger(__name__)
@@ -100,7 +97,7 @@ _SAFETENSORS_DTYPES = {
 }  # fmt: skip
 
 
-def read_weights_header(path: str | os.PathLike[str]) -> StateDict:
+def _read_weights_header(path: str | os.PathLike[str]) -> StateDict:
     """The names, shapes and dtypes of a ``.safetensors`` file's tensors, as ``meta`` tensors.
 
     Reads the header only, so a model's configuration can be checked against its weights before
@@ -114,7 +111,7 @@ def read_weights_header(path: str | os.PathLike[str]) -> StateDict:
         >>> from safetensors.torch import save_file
         >>> with tempfile.TemporaryDirectory() as d:
         ...     save_file({"w": torch.zeros(2, 3)}, f"{d}/m.safetensors")
-        ...     w = read_weights_header(f"{d}/m.safetensors")["w"]
+        ...     w = _read_weights_header(f"{d}/m.safetensors")["w"]
         >>> w.shape, w.device.type
         (torch.Size([2, 3]), 'meta')
     """
@@ -135,7 +132,7 @@ def read_weights_header(path: str | os.PathLike[str]) -> StateDict:
         if dtype not in _SAFETENSORS_DTYPES:
             raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype}, not a float tensor.")
         out[name] = torch.empty(shape, dtype=_SAFETENSORS_DTYPES[dtype], device="meta")
-    check_weights(out, source=str(path))
+    _check_weights(out, source=str(path))
     return out
 
 
@@ -167,7 +164,7 @@ def _torch_load(path: Path) -> Any:
         ) from exc
 
 
-def check_weights(sd: Mapping[str, Tensor], *, source: str) -> None:
+def _check_weights(sd: Mapping[str, Tensor], *, source: str) -> None:
     """Refuse weights that cannot be a trained float network: integer/bool dtypes, NaN or Inf values.
 
     Raises:
@@ -175,7 +172,7 @@ def check_weights(sd: Mapping[str, Tensor], *, source: str) -> None:
 
     Examples:
         >>> try:
-        ...     check_weights({"w": torch.tensor([1.0, float("nan")])}, source="x.pth")
+        ...     _check_weights({"w": torch.tensor([1.0, float("nan")])}, source="x.pth")
         ... except CheckpointError as exc:
         ...     print(str(exc)[:41])
         x.pth: tensor 'w' holds NaN or Inf values
@@ -214,7 +211,7 @@ def _unwrap(obj: Any, source: Path) -> StateDict:
         state[name] = value
     if not state:
         raise CheckpointError(f"{source}: the checkpoint holds no tensors.")
-    check_weights(state, source=str(source))
+    _check_weights(state, source=str(source))
     return state
 
 
@@ -405,7 +402,7 @@ def _listing(names: list[str], limit: int = 6) -> str:
     return f"{shown} (+{len(names) - limit} more)" if len(names) > limit else shown
 
 
-def load_state_dict_strict(model: nn.Module, sd: Mapping[str, Tensor], *, source: str) -> None:
+def _load_state_dict_strict(model: nn.Module, sd: Mapping[str, Tensor], *, source: str) -> None:
     """Load ``sd`` into ``model`` with ``strict=True``, failing with a message that names every problem.
 
     Args:

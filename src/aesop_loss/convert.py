@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
-from ._cli import CLIError, run_cli
 from ._io import sha256_file
 from .archs import AutoEncoder
+from .cli import CLIError, run_cli
 from .hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, push_folder_to_hub
 
 __all__ = ["convert", "main"]
@@ -127,6 +127,10 @@ def convert(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m aesop_loss.convert SRC OUT [--overwrite] [--push-to-hub REPO_ID]``; returns 0.
+
+    Run it through ``aesop_loss.cli.run_cli`` for one-line errors and exit statuses.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m aesop_loss.convert",
         description=__doc__,

@@ -32,15 +32,15 @@ from huggingface_hub.errors import (
 )
 from safetensors.torch import save_file
 
-from . import __version__
 from ._io import atomic_path, atomic_write_text
+from ._version import __version__
 from .checkpoints import (
     CheckpointError,
+    _load_state_dict_strict,
+    _read_weights_header,
     canonicalize_autoencoder,
     canonicalize_rrdbnet,
-    load_state_dict_strict,
     read_state_dict,
-    read_weights_header,
 )
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ __all__ = [
     "CONFIG_NAME",
     "DEMO_AE_DIR",
     "WEIGHTS_NAME",
+    "HubMixin",
     "ModelCardInfo",
     "load_model",
     "push_folder_to_hub",
@@ -74,6 +75,7 @@ _BOUNDS = {
 }  # fmt: skip
 
 M = TypeVar("M", bound="nn.Module")
+H = TypeVar("H", bound="HubMixin")
 
 CITATION = """@inproceedings{lee2025aesop,
   title     = {Auto-Encoded Supervision for Perceptual Image Super-Resolution},
@@ -246,22 +248,27 @@ def push_model_to_hub(
         return push_folder_to_hub(tmp, repo_id, token=token, private=private)
 
 
+_CANONICALIZERS = {"AutoEncoder": canonicalize_autoencoder, "RRDBNet": canonicalize_rrdbnet}
+
+
+def _architecture(cls: type) -> str:
+    """The architecture a class (or a subclass of it) is: the name its files are read by."""
+    for klass in cls.__mro__:
+        if klass.__name__ in _CANONICALIZERS:
+            return klass.__name__
+    raise TypeError(f"cannot load {cls.__name__} checkpoints; expected an AutoEncoder or RRDBNet.")
+
+
 def _canonicalize(
     cls: type, sd: dict[str, torch.Tensor], source: str
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from .archs import AutoEncoder, RRDBNet
-
-    if issubclass(cls, AutoEncoder):
-        return canonicalize_autoencoder(sd, source=source)
-    if issubclass(cls, RRDBNet):
-        return canonicalize_rrdbnet(sd, source=source)
-    raise TypeError(f"cannot load {cls.__name__} checkpoints")
+    return _CANONICALIZERS[_architecture(cls)](sd, source=source)
 
 
 def _load_file(cls: type[M], path: Path) -> M:
     sd, config = _canonicalize(cls, read_state_dict(path), str(path))
     model = cls(**config)
-    load_state_dict_strict(model, sd, source=str(path))
+    _load_state_dict_strict(model, sd, source=str(path))
     return model
 
 
@@ -299,7 +306,7 @@ def _load_folder(cls: type[M], folder: Path, *, label: str | None = None) -> M:
             )
     # The weights' own shapes decide the architecture: compare before anything is allocated.
     source = f"{weights_path} (with {CONFIG_NAME})"
-    _, implied = _canonicalize(cls, read_weights_header(weights_path), source)
+    _, implied = _canonicalize(cls, _read_weights_header(weights_path), source)
     stated = {k: kwargs.get(k, signature[k].default) for k in implied}
     differ = [f"{k}={stated[k]!r} (weights: {implied[k]!r})" for k in implied if stated[k] != implied[k]]
     if differ:
@@ -311,7 +318,7 @@ def _load_folder(cls: type[M], folder: Path, *, label: str | None = None) -> M:
         model = cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{config_path}: invalid configuration: {exc}") from exc
-    load_state_dict_strict(model, read_state_dict(weights_path), source=source)
+    _load_state_dict_strict(model, read_state_dict(weights_path), source=source)
     return model
 
 
@@ -384,7 +391,7 @@ def load_model(
     text = os.fspath(src)
     path = Path(text).expanduser()
     if text == "demo" and not path.exists():
-        if cls.__name__ != "AutoEncoder":
+        if _architecture(cls) != "AutoEncoder":
             raise CheckpointError(
                 "'demo' names the bundled demo autoencoder; use AutoEncoder.from_pretrained."
             )
@@ -424,6 +431,82 @@ def load_model(
         raise CheckpointError(f"{text}: no such local file or folder; as a Hub repo: {exc}") from exc
     label = repo_id + (f"@{rev}" if rev else "")
     return _finish(_load_folder(cls, config_path.parent, label=label), device)
+
+
+class HubMixin:
+    """``from_pretrained``, ``save_pretrained`` and ``push_to_hub`` for an ``nn.Module`` with a
+    ``config`` property (the architectures mix it in, as ``PyTorchModelHubMixin`` users do)."""
+
+    @classmethod
+    def from_pretrained(
+        cls: type[H],
+        src: str | os.PathLike[str],
+        *,
+        revision: str | None = None,
+        device: str | torch.device | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+    ) -> H:
+        """Load weights from the Hub, a folder, a ``.safetensors`` file or a ``.pth`` checkpoint.
+
+        Bare files in any supported layout (the authors' AE checkpoints with their duplicated
+        encoder keys; BasicSR, original-ESRGAN and ``RRDB_trunk`` generators) are canonicalised and
+        every hyperparameter is inferred from tensor shapes. A folder's ``config.json`` is checked
+        against its weights' shapes before the model is built. Loading is always strict, and
+        ``.pth`` files are read with ``weights_only=True``. ``"demo"`` names the small AE bundled
+        with the package (examples and tests only).
+
+        Args:
+            src: Hub repo id (``org/name`` or ``org/name@revision``), ``"demo"``, a folder written
+                by ``save_pretrained``, a ``.safetensors`` file, or a ``.pth`` checkpoint
+                (``{"params_ema": sd}``, ``{"params": sd}`` or a bare state dict).
+            revision: Hub revision (branch, tag or commit) when ``src`` is a repo id.
+            device: Where to put the weights (default: CPU).
+            local_files_only: Never touch the network; use the Hub cache only (as does
+                ``HF_HUB_OFFLINE=1``).
+            token: Hub token for private or gated repos.
+
+        Returns:
+            The model, in eval mode.
+
+        Raises:
+            CheckpointError: Nothing usable at ``src``; the message names the file and problem.
+
+        Examples:
+            >>> import tempfile
+            >>> from aesop_loss import AutoEncoder
+            >>> ae = AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8, scale=2)
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     _ = ae.save_pretrained(d)
+            ...     AutoEncoder.from_pretrained(d).config == ae.config
+            True
+        """
+        return load_model(
+            cls,  # type: ignore[type-var]
+            src,
+            revision=revision,
+            device=device,
+            local_files_only=local_files_only,
+            token=token,
+        )
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], **card: Any) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` + a model card ``README.md``, atomically.
+
+        Args:
+            save_directory: Folder to write (created if needed).
+            **card: Model-card facts, the fields of ``ModelCardInfo``.
+
+        Returns:
+            The folder.
+        """
+        return save_model(self, save_directory, **card)  # type: ignore[arg-type]
+
+    def push_to_hub(
+        self, repo_id: str, *, token: str | None = None, private: bool | None = None, **card: Any
+    ) -> str:
+        """Publish this model as a Hub repo (the ``save_pretrained`` folder); returns the commit URL."""
+        return push_model_to_hub(self, repo_id, token=token, private=private, **card)  # type: ignore[arg-type]
 
 
 def _looks_local(text: str) -> bool:

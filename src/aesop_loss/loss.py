@@ -12,7 +12,7 @@ import contextlib
 import os
 import warnings
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -22,9 +22,13 @@ from .archs import AutoEncoder
 __all__ = ["AESOPLoss", "Criterion", "Precision", "Reduction", "Space"]
 
 Criterion = Literal["l1", "l2", "charbonnier"]
+"""The distance measured in AE space (``AESOPLoss(criterion=...)``)."""
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
+"""The arithmetic of the AE passes (``AESOPLoss(precision=...)``)."""
 Reduction = Literal["mean", "sum", "none"]
+"""How the element-wise distance map is reduced (``AESOPLoss(reduction=...)``)."""
 Space = Literal["ae", "bottleneck"]
+"""Where the distance is measured: decoder outputs or bottlenecks (``AESOPLoss(space=...)``)."""
 
 # Opt-in value checks: an SR output may overshoot [0, 1] a little; these bounds catch [0, 255]
 # and [-1, 1] images, the usual mistakes.
@@ -137,12 +141,13 @@ class AESOPLoss(nn.Module):
         compile: bool | str = False,
     ) -> None:
         super().__init__()
-        if criterion not in ("l1", "l2", "charbonnier"):
-            raise ValueError(f"criterion must be 'l1', 'l2' or 'charbonnier', got {criterion!r}.")
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
-        if space not in ("ae", "bottleneck"):
-            raise ValueError(f"space must be 'ae' or 'bottleneck', got {space!r}.")
+        for name, value, allowed in (
+            ("criterion", criterion, Criterion),
+            ("reduction", reduction, Reduction),
+            ("space", space, Space),
+        ):
+            if value not in get_args(allowed):
+                raise ValueError(f"{name} must be one of {get_args(allowed)}, got {value!r}.")
         if precision == "tf32":  # the option from before the AE followed the caller
             warnings.warn(
                 "precision='tf32' is deprecated: the AE now follows the caller's TF32 setting "
@@ -152,8 +157,8 @@ class AESOPLoss(nn.Module):
                 stacklevel=2,
             )
             precision = "fp32"
-        if precision not in ("fp32", "bf16", "fp16", "auto"):
-            raise ValueError(f"precision must be 'fp32', 'bf16', 'fp16' or 'auto', got {precision!r}.")
+        if precision not in get_args(Precision):
+            raise ValueError(f"precision must be one of {get_args(Precision)}, got {precision!r}.")
         if as_loss_map and space == "bottleneck":
             raise ValueError("as_loss_map weights the pixel loss by the AE-space error; use space='ae'.")
         if isinstance(ae, (str, os.PathLike)):

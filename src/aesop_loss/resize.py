@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["imresize"]
+__all__ = ["imresize", "make_lr"]
 
 
 def _cubic(x: Tensor) -> Tensor:
@@ -79,3 +79,23 @@ def imresize(x: Tensor, scale: float, *, antialias: bool = True) -> Tensor:
     wh = _weight_matrix(h, out_h, float(scale), antialias).to(device=x.device, dtype=x.dtype)
     ww = _weight_matrix(w, out_w, float(scale), antialias).to(device=x.device, dtype=x.dtype)
     return wh @ x @ ww.T
+
+
+def make_lr(hr: Tensor, scale: int) -> Tensor:
+    """The LR image of ``hr`` as bicubic SR datasets make it: MATLAB ``imresize(hr, 1/scale)`` in
+    float64, clipped to [0, 1] and rounded to 8 bits (what saving it as a PNG does).
+
+    Args:
+        hr: HR images ``(..., H, W)`` in [0, 1], float.
+        scale: The SR scale.
+
+    Returns:
+        The LR images, ``(..., ceil(H/scale), ceil(W/scale))``, in ``hr``'s dtype, multiples of 1/255.
+
+    Examples:
+        >>> lr = make_lr(torch.rand(3, 16, 16), 4)
+        >>> lr.shape, bool(((lr * 255).round() == lr * 255).all())
+        (torch.Size([3, 4, 4]), True)
+    """
+    lr = imresize(hr.double(), 1 / scale)
+    return ((lr.clamp(0, 1) * 255).round() / 255).to(hr.dtype)

@@ -25,8 +25,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from . import __version__
-from ._io import atomic_write_text, remove_stale_temps
+from .._io import atomic_write_text, remove_stale_temps
+from .._version import __version__
+from ..cli import CLIError
 
 __all__ = ["RunFolder", "RunFolderError"]
 
@@ -34,7 +35,7 @@ MARKER_NAME = ".aesop-run.json"
 LOCK_NAME = ".lock"
 
 
-class RunFolderError(Exception):
+class RunFolderError(CLIError):
     """The output folder cannot be used: a user's folder, another tool's run, or a run in progress."""
 
 

@@ -1,66 +1,20 @@
-"""What every command-line entry point shares: one readable error line and a non-zero exit."""
+"""Ctrl-C and SIGTERM as a request to stop a training loop at a step boundary."""
 
 from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
 from types import FrameType, TracebackType
 from typing import Any
 
-from ._io import WriteError
-from .checkpoints import CheckpointError
-from .runs import RunFolderError
+import torch
+import torch.distributed as dist
 
-__all__ = ["CLIError", "StopRequest", "run_cli"]
+__all__ = ["StopRequest", "ignore_stop_signals"]
 
 logger = logging.getLogger(__name__)
-
-
-class CLIError(Exception):
-    """A user-facing failure: printed as one line; exit status 2 (bad input) unless ``exit_code`` says.
-
-    Args:
-        message: The line to print, naming the problem and the fix.
-        exit_code: 2 for bad input (the default), 1 for a run that failed on its way (a diverged
-            loss, a failed write).
-    """
-
-    def __init__(self, message: str, *, exit_code: int = 2) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """Run ``main(argv)``; turn expected failures into ``error: ...`` on stderr and an exit status.
-
-    Examples:
-        >>> def main(argv):
-        ...     raise CLIError("no images in ./data; pass --data with a folder of PNG/JPEG files")
-        >>> run_cli(main, [])
-        2
-    """
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        return int(main(argv) or 0)
-    except CLIError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except WriteError as exc:
-        print(f"error: {exc.strerror}", file=sys.stderr)
-        return 1
-    except (CheckpointError, RunFolderError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # disk full, I/O errors
-        print(f"error: {exc.strerror or exc} ({exc.filename or 'I/O'})", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
 
 
 class StopRequest:
@@ -84,6 +38,9 @@ class StopRequest:
 
     _SIGNALS = (signal.SIGINT, signal.SIGTERM)
     repeat_window = 1.0
+    # Under DDP every rank must stop after the same step: ranks agree on a stop request every this
+    # many steps (one small all-reduce and host sync; a single process checks every step for free).
+    check_every = 10
 
     def __init__(self) -> None:
         self.requested = False
@@ -102,6 +59,26 @@ class StopRequest:
             signal.Signals(signum).name,
         )
 
+    def agreed(self, step: int, *, world: int = 1, device: torch.device | None = None) -> bool:
+        """Whether the loop stops after ``step``: this process's request, or under DDP the ranks'.
+
+        With ``world > 1`` the ranks vote every ``check_every`` steps (a MAX all-reduce of their
+        requests), so all of them stop after the same step and none is left waiting in the next
+        collective; between votes the answer is no.
+
+        Args:
+            step: The step just finished.
+            world: Number of processes in the default process group.
+            device: Where the vote's tensor lives (the NCCL device under CUDA).
+        """
+        if world == 1:
+            return self.requested
+        if step % self.check_every:
+            return False
+        flag = torch.tensor([float(self.requested)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():  # handlers live in the main thread
             for sig in self._SIGNALS:
@@ -114,3 +91,14 @@ class StopRequest:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """``DataLoader`` ``worker_init_fn``: leave Ctrl-C and SIGTERM to the training process.
+
+    A terminal's Ctrl-C (and a batch system's SIGTERM) reaches every process of the job. Workers
+    that died of it would fail the batch the training loop still needs to finish its step before
+    saving; the loop shuts its workers down itself, and they exit when their parent does.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

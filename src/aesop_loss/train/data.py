@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import signal
 import tarfile
 import urllib.error
 import urllib.request
@@ -36,8 +35,8 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
 
-from ._io import atomic_path
-from .resize import imresize
+from .._io import atomic_path
+from ..resize import make_lr
 
 __all__ = [
     "DATASETS",
@@ -48,7 +47,6 @@ __all__ = [
     "RemoteArchive",
     "SampleStream",
     "collate_crops",
-    "ignore_stop_signals",
     "list_images",
     "load_image",
     "prepare_data",
@@ -539,27 +537,14 @@ def _bicubic_lr(hr: Tensor, top: int, left: int, crop: int, scale: int) -> Tenso
     height, width = hr.shape[-2] // scale * scale, hr.shape[-1] // scale * scale
     t0, l0 = max(0, top - pad), max(0, left - pad)
     b0, r0 = min(height, top + crop + pad), min(width, left + crop + pad)
-    region = hr[:, t0:b0, l0:r0].double() / 255
-    lr = imresize(region, 1 / scale)
+    lr = make_lr(hr[:, t0:b0, l0:r0].double() / 255, scale)
     y, x = (top - t0) // scale, (left - l0) // scale
-    lr = lr[:, y : y + crop // scale, x : x + crop // scale]
-    return (lr.clamp(0, 1) * 255).round().to(torch.uint8)
+    return (lr[:, y : y + crop // scale, x : x + crop // scale] * 255).round().to(torch.uint8)
 
 
 def collate_crops(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
     """Concatenate items of several crops each into one batch."""
     return torch.cat([b[0] for b in batch]), torch.cat([b[1] for b in batch])
-
-
-def ignore_stop_signals(worker_id: int) -> None:
-    """``DataLoader`` ``worker_init_fn``: leave Ctrl-C and SIGTERM to the training process.
-
-    A terminal's Ctrl-C (and a batch system's SIGTERM) reaches every process of the job. Workers
-    that died of it would fail the batch the training loop still needs to finish its step before
-    saving; the loop shuts its workers down itself, and they exit when their parent does.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class SampleStream(Sampler[int]):

@@ -1,0 +1,60 @@
+"""What every command-line entry point shares: one readable error line and a non-zero exit.
+
+``convert``, ``pretrain`` and the bundled examples run their ``main`` through ``run_cli``: expected
+failures (``CLIError``, ``CheckpointError``, a failed write, a missing file) print one ``error: ...``
+line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from ._io import WriteError
+from .checkpoints import CheckpointError
+
+__all__ = ["CLIError", "run_cli"]
+
+
+class CLIError(Exception):
+    """A user-facing failure: printed as one line; exit status 2 (bad input) unless ``exit_code`` says.
+
+    Args:
+        message: The line to print, naming the problem and the fix.
+        exit_code: 2 for bad input (the default), 1 for a run that failed on its way (a diverged
+            loss, a failed write).
+    """
+
+    def __init__(self, message: str, *, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run ``main(argv)``; turn expected failures into ``error: ...`` on stderr and an exit status.
+
+    Examples:
+        >>> def main(argv):
+        ...     raise CLIError("no images in ./data; pass --data with a folder of PNG/JPEG files")
+        >>> run_cli(main, [])
+        2
+    """
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return int(main(argv) or 0)
+    except CLIError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except WriteError as exc:
+        print(f"error: {exc.strerror}", file=sys.stderr)
+        return 1
+    except (CheckpointError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, I/O errors
+        print(f"error: {exc.strerror or exc} ({exc.filename or 'I/O'})", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,62 @@
+"""The training tool beside the loss library: AE pretraining and what the examples share.
+
+Needs the training extra (``pip install "aesop-loss[train]"``: Pillow, tqdm). The loss library
+(``aesop_loss``) never imports this package.
+
+- ``config``: ``PretrainConfig``, the run's settings, flags, checks and resume rule in one place;
+  ``amp_dtype``.
+- ``loop``: ``train(cfg)``, the pretraining loop (DDP, AMP, exact resume); ``PretrainRun``.
+- ``data``: datasets (DIV2K, Flickr2K, DF2K, folders, HR:LR pairs) and aligned random crops.
+- ``runs``: ``RunFolder``, an output folder claimed by one run, never a user's folder.
+- ``signals``: ``StopRequest``, Ctrl-C / SIGTERM as a stop at the next step boundary.
+- ``ema``: ``ema_update``.
+"""
+
+from __future__ import annotations
+
+from .._io import WriteError, atomic_path
+from .config import AMP_DTYPES, PretrainConfig, amp_dtype, check_device
+from .ema import ema_update
+from .runs import RunFolder, RunFolderError
+from .signals import StopRequest, ignore_stop_signals
+
+try:  # the data pipeline and the loop need Pillow and tqdm: the [train] extra
+    from .data import (
+        CropDataset,
+        DataError,
+        ImageSet,
+        SampleStream,
+        collate_crops,
+        list_images,
+        load_image,
+        prepare_data,
+    )
+    from .loop import Distributed, PretrainRun, train
+except ModuleNotFoundError as exc:  # without them, the flags and their checks still work
+    if exc.name not in ("PIL", "tqdm"):
+        raise
+
+__all__ = [
+    "AMP_DTYPES",
+    "CropDataset",
+    "DataError",
+    "Distributed",
+    "ImageSet",
+    "PretrainConfig",
+    "PretrainRun",
+    "RunFolder",
+    "RunFolderError",
+    "SampleStream",
+    "StopRequest",
+    "WriteError",
+    "amp_dtype",
+    "atomic_path",
+    "check_device",
+    "collate_crops",
+    "ema_update",
+    "ignore_stop_signals",
+    "list_images",
+    "load_image",
+    "prepare_data",
+    "train",
+]

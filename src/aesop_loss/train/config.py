@@ -1,0 +1,262 @@
+"""The settings of a pretraining run: one dataclass whose fields are the CLI flags, their checks,
+and the settings a ``--resume`` must match.
+
+Each field's metadata says its flag group, help, allowed range or values, and whether a resumed run
+must have the same value. ``python -m aesop_loss.pretrain``'s parser is built from these fields, and
+``PretrainConfig.validate`` checks them, so a flag, its default, its check and its resume rule are
+written once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..cli import CLIError
+
+__all__ = ["AMP_DTYPES", "PretrainConfig", "amp_dtype", "check_device"]
+
+# --amp values and the autocast dtype each one means (None: no autocast).
+AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+GROUPS = ("data", "model (mirrors AutoEncoder's constructor)", "optimisation (defaults: the paper)",
+          "hardware", "output")  # fmt: skip
+
+
+def amp_dtype(name: str) -> torch.dtype | None:
+    """The autocast dtype an ``--amp`` value names (``None`` for ``"none"``).
+
+    Examples:
+        >>> amp_dtype("bf16"), amp_dtype("none")
+        (torch.bfloat16, None)
+    """
+    if name not in AMP_DTYPES:
+        raise CLIError(f"--amp {name!r}: expected one of {', '.join(AMP_DTYPES)}.")
+    return AMP_DTYPES[name]
+
+
+def _opt(
+    default: Any,
+    help: str,
+    group: int,
+    *,
+    resume: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+    flag: bool = True,
+    metavar: str | None = None,
+) -> Any:
+    """A field with its flag's metadata. ``low``/``high`` bound inclusively, ``above``/``below``
+    exclusively; ``resume``: a resumed run must have the same value; ``flag=False``: not a flag."""
+    meta = {"help": help, "group": group, "resume": resume, "low": low, "high": high, "above": above,
+            "below": below, "choices": choices, "flag": flag, "metavar": metavar}  # fmt: skip
+    if callable(default):
+        return dataclasses.field(default_factory=default, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _required(help: str, group: int, *, resume: bool = False) -> dict[str, Any]:
+    return {"help": help, "group": group, "resume": resume, "required": True}
+
+
+def _default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    """Everything a pretraining run needs; each field is the ``--flag`` of the same name.
+
+    Examples:
+        >>> cfg = PretrainConfig(data="DIV2K", out=Path("runs/ae"), lr=float("nan"))
+        >>> try:
+        ...     cfg.validate()
+        ... except CLIError as exc:
+        ...     print(exc)
+        --lr nan: expected a finite number > 0.0.
+    """
+
+    data: str = dataclasses.field(
+        metadata=_required("DIV2K, Flickr2K, DF2K, a folder of HR images, or HR_DIR:LR_DIR", 0, resume=True)
+    )
+    out: Path = dataclasses.field(
+        metadata=_required("run folder; a loadable model folder after the first save", 4)
+    )
+    data_dir: str | None = _opt(None, "download/cache folder (default ~/.cache/aesop-loss/datasets)", 0)
+    val: str | None = _opt(
+        None, "folder of validation HR images, or 'none' (default: 10 DIV2K val images for named datasets)", 0
+    )
+    crop: int = _opt(256, "HR crop size", 0, resume=True, low=1, high=8192)
+    workers: int = _opt(_default_workers, "DataLoader workers", 0, low=0, high=256)
+    crops_per_image: int = _opt(4, "crops taken per image read", 0, resume=True, low=1, high=1024)
+    color_jitter: float = _opt(
+        0.0, "random per-channel gain 1 +- this per crop (colour augmentation for small sets; default off)",
+        0, resume=True, low=0.0, below=1.0,
+    )  # fmt: skip
+    num_feat: int = _opt(64, "trunk width", 1, resume=True, low=1, high=1024)
+    num_block: int = _opt(23, "RRDB blocks in the decoder", 1, resume=True, low=0, high=256)
+    num_grow_ch: int = _opt(32, "growth channels of the dense blocks", 1, resume=True, low=1, high=1024)
+    scale: int = _opt(4, "bottleneck downscaling factor", 1, resume=True, choices=(2, 4))
+    encoder: str = _opt("learned", "the paper's learned encoder, or fixed bicubic", 1, resume=True,
+                        choices=("learned", "bicubic"))  # fmt: skip
+    decoder_init: str | None = _opt(
+        None, "PSNR-oriented generator for the decoder (path or Hub id, any ESRGAN layout)", 1
+    )
+    freeze_decoder_steps: int = _opt(0, "keep the decoder frozen this many steps (-1: always)", 1, low=-1)
+    steps: int = _opt(100_000, "optimisation steps", 2, low=1)
+    batch_size: int = _opt(16, "per process", 2, resume=True, low=1, high=65_536)
+    lr: float = _opt(1e-4, "Adam learning rate", 2, resume=True, above=0.0)
+    ema: float = _opt(0.999, "EMA decay of the exported weights", 2, resume=True, low=0.0, below=1.0)
+    bottleneck_weight: float = _opt(1.0, "weight of L1(encode(HR), LR)", 2, resume=True, low=0.0)
+    seed: int = _opt(
+        0, "seed of the initialisation and the data stream", 2, resume=True, low=0, high=2**63 - 1
+    )
+    device: str | None = _opt(None, "cuda, cuda:1, cpu (default: cuda when present)", 3)
+    amp: str = _opt("none", "autocast dtype of the AE's forward", 3, choices=tuple(AMP_DTYPES))
+    compile: bool = _opt(False, "torch.compile the AE", 3)
+    save_every: int = _opt(5_000, "steps between checkpoints", 4, low=1)
+    val_every: int = _opt(5_000, "steps between validations", 4, low=1)
+    log_every: int = _opt(50, "steps between metrics.jsonl records", 4, low=1)
+    resume: bool = _opt(False, "continue the run in --out", 4)
+    push_to_hub: str | None = _opt(None, "publish the final folder", 4, metavar="REPO_ID")
+    world_size: int = _opt(1, "processes (set from torchrun)", 3, resume=True, flag=False)
+    command: str = _opt("", "the command line, for the model card", 4, flag=False)
+
+    @staticmethod
+    def flag(name: str) -> str:
+        """The command-line flag of a field: ``batch_size`` -> ``--batch-size``."""
+        return "--" + name.replace("_", "-")
+
+    def validate(self) -> None:
+        """Check every setting for type, finiteness and range before anything is allocated.
+
+        Raises:
+            CLIError: One line naming the flag and the allowed values.
+        """
+        for f in dataclasses.fields(self):
+            meta, value = f.metadata, getattr(self, f.name)
+            allowed = _allowed(meta, f.type)
+            if allowed is None:
+                continue
+            if meta.get("choices") is not None:
+                ok = value in meta["choices"]
+            elif f.type == "int":
+                ok = type(value) is int and _in_range(value, meta)
+            else:
+                ok = isinstance(value, (int, float)) and math.isfinite(value) and _in_range(value, meta)
+            if not ok:
+                raise CLIError(f"{self.flag(f.name)} {value!r}: expected {allowed}.")
+        if self.crop % self.scale:
+            raise CLIError(f"--crop {self.crop} is not a multiple of --scale {self.scale}.")
+        if self.encoder == "learned" and self.num_feat % (self.scale**2) and not self.decoder_init:
+            raise CLIError(
+                f"--num-feat {self.num_feat}: expected a multiple of --scale squared ({self.scale**2}); "
+                "the learned encoder pixel-unshuffles num_feat/scale**2 channels up to num_feat."
+            )
+        check_device(self.device)
+
+    def resume_signature(self) -> dict[str, Any]:
+        """The settings a resumed run must share with the run it continues."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("resume")}
+
+    def resume_mismatches(self, saved: dict[str, Any]) -> list[str]:
+        """``name=saved (now current)`` for each resume setting that differs from a checkpoint's.
+
+        A setting newer than the checkpoint counts as having its default, so older runs stay
+        resumable.
+        """
+        ours = self.resume_signature()
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        theirs = {k: saved.get(k, defaults.get(k)) for k in ours}
+        return [f"{k}={theirs[k]!r} (now {ours[k]!r})" for k in ours if theirs[k] != ours[k]]
+
+    @classmethod
+    def parser(cls, *, prog: str, description: str | None) -> argparse.ArgumentParser:
+        """The command-line parser: one flag per field, grouped, with the field's default and help."""
+        p = argparse.ArgumentParser(
+            prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        groups = [p.add_argument_group(title) for title in GROUPS]
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            if not meta.get("flag", True):
+                continue
+            kwargs: dict[str, Any] = {"help": meta["help"]}
+            if meta.get("required"):
+                kwargs["required"] = True
+            else:
+                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                kwargs["default"] = default
+                if default not in (None, False, ""):
+                    kwargs["help"] += f" (default: {default})"
+            if f.type == "bool":
+                kwargs["action"] = "store_true"
+            else:
+                kwargs["type"] = {"int": int, "float": float, "Path": Path}.get(str(f.type), str)
+                if meta.get("choices") is not None:
+                    kwargs["choices"] = meta["choices"]
+                if meta.get("metavar"):
+                    kwargs["metavar"] = meta["metavar"]
+            groups[meta["group"]].add_argument(cls.flag(f.name), **kwargs)
+        return p
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, command: str = "") -> PretrainConfig:
+        """The config of parsed command-line arguments."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in vars(args).items() if k in names}, command=command)
+
+
+def _in_range(value: float, meta: Any) -> bool:
+    return (
+        (meta.get("low") is None or value >= meta["low"])
+        and (meta.get("high") is None or value <= meta["high"])
+        and (meta.get("above") is None or value > meta["above"])
+        and (meta.get("below") is None or value < meta["below"])
+    )
+
+
+def _allowed(meta: Any, kind: Any) -> str | None:
+    """The allowed values of a field in words, or None when it has no check."""
+    if meta.get("choices") is not None:
+        return "one of " + ", ".join(map(str, meta["choices"]))
+    bounds = [
+        f"{word} {meta[key]}"
+        for key, word in (("low", ">="), ("above", ">"), ("high", "<="), ("below", "<"))
+        if meta.get(key) is not None
+    ]
+    if not bounds:
+        return None
+    noun = "an integer" if kind == "int" else "a finite number"
+    return f"{noun} {' and '.join(bounds)}"
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a ``--device`` that is not ``cpu``, ``cuda`` or ``cuda:N`` of a GPU that exists here.
+
+    Raises:
+        CLIError: One line naming the device and what is available.
+    """
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise CLIError(f"--device {device!r}: not a device; expected cpu, cuda or cuda:N.") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise CLIError(f"--device {device!r}: expected cpu, cuda or cuda:N.")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise CLIError(f"--device {device}: no CUDA GPU is available here; use --device cpu.")
+        if dev.index is not None and dev.index >= count:
+            raise CLIError(f"--device {device}: only {count} CUDA GPU(s) here (cuda:0 to cuda:{count - 1}).")

@@ -1,0 +1,471 @@
+"""The AE pretraining loop behind ``python -m aesop_loss.pretrain --data DIV2K --out runs/ae``.
+
+Loss: ``L1(AE(HR), HR) + bottleneck_weight * L1(encode(HR), LR_bicubic)``; defaults are the paper's
+(Adam 1e-4, betas 0.9/0.99, EMA 0.999, crop 256, 100k steps). Runs on a CPU (a tiny AE trains in
+seconds), one GPU, or many with ``torchrun --nproc_per_node=N -m aesop_loss.pretrain ...`` (DDP is
+detected from the ``RANK`` / ``WORLD_SIZE`` variables: NCCL on CUDA, gloo on CPU).
+
+``--out DIR`` is a model folder after the first save (``config.json`` + ``model.safetensors`` of the
+EMA weights + model card), so ``AESOPLoss(ae=DIR)`` works on a finished or running run. The full
+training state goes to ``DIR/checkpoints/last.pt`` (atomically) every ``--save-every`` steps, and
+when Ctrl-C or SIGTERM stops the run: it finishes the current step, saves and exits (status 130; a
+second Ctrl-C aborts at once without saving). ``--resume`` continues a run exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .._io import WriteError, atomic_path
+from ..archs import AutoEncoder, RRDBNet
+from ..cli import CLIError
+from ..hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, push_folder_to_hub
+from ..metrics import psnr
+from ..resize import make_lr
+from .config import PretrainConfig, amp_dtype
+from .data import (
+    DECODE_ERRORS,
+    CropDataset,
+    DataError,
+    SampleStream,
+    collate_crops,
+    load_image,
+    prepare_data,
+    prepare_validation,
+)
+from .ema import ema_update
+from .runs import RunFolder
+from .signals import StopRequest, ignore_stop_signals
+
+__all__ = ["Distributed", "PretrainRun", "setup_distributed", "train"]
+
+logger = logging.getLogger(__name__)
+
+METRICS_NAME = "metrics.jsonl"
+# What a pretraining run writes (atomically) in its folder: their stale temp files are cleared.
+_RUN_FILES = {"": (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, METRICS_NAME), "checkpoints": ("last.pt",),
+              ".decoded": ("*",)}  # fmt: skip
+
+
+class _Pretrainer(nn.Module):
+    """Wraps the AE so that one forward (what DDP and torch.compile see) returns both outputs."""
+
+    def __init__(self, ae: AutoEncoder) -> None:
+        super().__init__()
+        self.ae = ae
+
+    def forward(self, hr: Tensor) -> tuple[Tensor, Tensor]:
+        z = self.ae.encode(hr)
+        return self.ae.decode(z), z
+
+
+@dataclasses.dataclass
+class Distributed:
+    """This process's place in the run: its rank, the number of processes, and its device."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str | None) -> Distributed:
+    """The process group of a ``torchrun`` launch (from ``RANK``/``WORLD_SIZE``), or one process.
+
+    NCCL on CUDA, gloo on CPU; each process takes the GPU of its ``LOCAL_RANK``.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    want_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if want_cuda and not torch.cuda.is_available():
+        raise CLIError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu.")
+    if "RANK" not in os.environ or world == 1:
+        return Distributed(device=torch.device(device or ("cuda" if want_cuda else "cpu")))
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if want_cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if want_cuda else "gloo")
+    return Distributed(rank, world, torch.device("cuda", local) if want_cuda else torch.device("cpu"))
+
+
+def _validation_set(paths: list[Path], scale: int, size: int = 512) -> list[tuple[Tensor, Tensor]]:
+    """Centre crops (at most ``size``, multiples of ``scale``) and their MATLAB-bicubic LR."""
+    out = []
+    for path in paths:
+        try:
+            img = load_image(path)
+        except DECODE_ERRORS as exc:
+            warnings.warn(f"skipping validation image {path}: cannot be decoded ({exc}).", stacklevel=2)
+            continue
+        h, w = (min(size, d) // scale * scale for d in img.shape[-2:])
+        if min(h, w) < 4 * scale:
+            warnings.warn(f"skipping validation image {path}: {w}x{h} is too small.", stacklevel=2)
+            continue
+        top, left = (img.shape[-2] - h) // 2, (img.shape[-1] - w) // 2
+        hr = img[:, top : top + h, left : left + w].double() / 255
+        out.append((hr.float()[None], make_lr(hr, scale).float()[None]))
+    return out
+
+
+@torch.no_grad()
+def _validate(ae: AutoEncoder, images: list[tuple[Tensor, Tensor]], device: torch.device) -> dict[str, float]:
+    rec, bott = [], []
+    for hr, lr in images:
+        hr, lr = hr.to(device), lr.to(device)
+        z = ae.encode(hr)
+        rec.append(float(psnr(ae.decode(z), hr, crop_border=ae.scale)))
+        bott.append(float(psnr(z, lr, crop_border=1)))
+    return {"psnr_ae_hr": sum(rec) / len(rec), "psnr_bottleneck_lr": sum(bott) / len(bott)}
+
+
+class PretrainRun:
+    """The state of one pretraining run: the AE, its EMA, the optimiser, and how they are saved.
+
+    Args:
+        cfg: The run's settings (validated).
+        env: This process's rank and device.
+    """
+
+    def __init__(self, cfg: PretrainConfig, env: Distributed) -> None:
+        self.cfg, self.env = cfg, env
+        self.out = Path(cfg.out)
+        self.ckpt = self.out / "checkpoints" / "last.pt"
+        torch.manual_seed(cfg.seed)
+        arch = {k: getattr(cfg, k) for k in ("num_feat", "num_block", "num_grow_ch", "scale", "encoder")}
+        if cfg.decoder_init:
+            decoder = RRDBNet.from_pretrained(cfg.decoder_init)
+            self.ae = AutoEncoder.from_decoder(decoder, encoder=cfg.encoder)  # type: ignore[arg-type]
+            if {k: self.ae.config[k] for k in arch} != arch:
+                logger.info("architecture taken from --decoder-init: %s", self.ae.config)
+                for key, value in self.ae.config.items():
+                    if hasattr(cfg, key):
+                        setattr(cfg, key, value)
+        else:
+            self.ae = AutoEncoder(**arch)
+        cuda = env.device.type == "cuda"
+        self.ae.to(env.device)
+        if cuda:
+            self.ae.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            torch.backends.cudnn.benchmark = True
+        self.ema = copy.deepcopy(self.ae).requires_grad_(False).eval()
+        # built once: the EMA update runs every step over ~900 tensors (load_state_dict copies in place)
+        self._params: list[Tensor] = [p.detach() for p in self.ae.parameters()]
+        self._ema_params: list[Tensor] = list(self.ema.parameters())
+        self.optimizer = torch.optim.Adam(self.ae.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
+        self.amp_dtype = amp_dtype(cfg.amp)
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.amp == "fp16")
+        self.step = 0
+        self.saved_step: int | None = None
+        self.best: dict[str, float] = {}
+        self._decoder_frozen: bool | None = None
+        self.model: nn.Module = _Pretrainer(self.ae)
+
+    # -- freezing and wrapping ----------------------------------------------------------------------
+    def _wrap(self, step: int) -> nn.Module:
+        frozen = self.cfg.freeze_decoder_steps < 0 or step < self.cfg.freeze_decoder_steps
+        if frozen == self._decoder_frozen:
+            return self.model
+        self._decoder_frozen = frozen
+        self.ae.decoder.requires_grad_(not frozen)
+        if frozen:
+            logger.info(
+                "decoder frozen%s",
+                "" if self.cfg.freeze_decoder_steps < 0 else f" until step {self.cfg.freeze_decoder_steps}",
+            )
+        model: nn.Module = _Pretrainer(self.ae)
+        if self.env.world > 1:
+            model = DistributedDataParallel(
+                model, device_ids=[self.env.device] if self.env.device.type == "cuda" else None
+            )
+        if self.cfg.compile:
+            model = torch.compile(model)  # type: ignore[assignment]
+        self.model = model
+        return model
+
+    # -- persistence --------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self.ae.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "config": self.cfg.resume_signature(),
+            "rng": torch.get_rng_state(),
+        }
+
+    def save(self, metrics: dict[str, float] | None = None) -> None:
+        """Write the checkpoint, then the model folder, each file atomically (rank 0 only).
+
+        Raises:
+            CLIError: The weights are no longer finite, or a write failed (disk full, read-only);
+                the previous checkpoint is intact either way.
+        """
+        if not self.env.main:
+            return
+        finite = torch.stack([torch.isfinite(w).all() for w in self._params + self._ema_params])
+        if not bool(finite.all()):  # one host sync per save
+            raise CLIError(
+                f"the weights became non-finite (NaN/Inf) at step {self.step}, so nothing was saved; "
+                f"{self.intact()} Lower --lr, or train with --amp none.",
+                exit_code=1,
+            )
+        try:
+            with atomic_path(self.ckpt) as tmp:
+                torch.save(self.state(), tmp)
+            self.ema.is_pretrained = True
+            self.ema.save_pretrained(
+                self.out,
+                training_data=self.cfg.data,
+                training_steps=self.step,
+                command=self.cfg.command or None,
+                metrics=metrics or self.best,
+                license="other",
+                description=(
+                    "AESOP autoencoder pretrained with aesop-loss (EMA weights). Use it as AESOPLoss(ae=...)."
+                ),
+            )
+        except WriteError as exc:
+            message = f"{exc.strerror} while saving step {self.step}; {self.intact()}"
+            raise CLIError(message, exit_code=1) from exc
+        self.saved_step = self.step
+
+    def intact(self) -> str:
+        """Which checkpoint a failure left in place, for error messages."""
+        if self.saved_step is None:
+            return "no checkpoint had been written yet."
+        return f"the checkpoint of step {self.saved_step} ({self.ckpt}) is intact."
+
+    def load(self) -> None:
+        if not self.ckpt.is_file():
+            raise CLIError(f"--resume: no checkpoint at {self.ckpt}; start without --resume.")
+        try:
+            state = torch.load(self.ckpt, map_location=self.env.device, weights_only=True)
+        except Exception as exc:
+            raise CLIError(
+                f"--resume: {self.ckpt} is not a readable checkpoint ({exc.__class__.__name__})."
+            ) from exc
+        diff = self.cfg.resume_mismatches(state.get("config", {}))
+        if diff:
+            raise CLIError(f"--resume: {self.out} is a run with another configuration: {', '.join(diff)}.")
+        self.ae.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"].cpu())
+        self.step = self.saved_step = int(state["step"])
+        logger.info("resumed %s at step %d", self.out, self.step)
+
+    # -- one step -----------------------------------------------------------------------------------
+    def train_step(self, hr: Tensor, lr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        model = self._wrap(self.step)
+        dev = self.env.device
+        fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
+        hr = hr.to(dev, non_blocking=True).to(memory_format=fmt).float().div_(255)
+        lr = lr.to(dev, non_blocking=True).to(memory_format=fmt).float().div_(255)
+        with torch.autocast(
+            dev.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        ):
+            recon, z = model(hr)
+        rec = F.l1_loss(recon.float(), hr)
+        bott = F.l1_loss(z.float(), lr)
+        loss = rec + self.cfg.bottleneck_weight * bott
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        ema_update(self._ema_params, self._params, self.cfg.ema)
+        self.step += 1
+        return rec.detach(), bott.detach(), loss.detach()
+
+
+def train(cfg: PretrainConfig) -> Path:
+    """Run (or resume) AE pretraining and return the output model folder.
+
+    Args:
+        cfg: The run's settings.
+
+    Returns:
+        ``cfg.out``, a model folder holding the EMA weights.
+
+    Raises:
+        CLIError: Bad settings (exit status 2), data errors, ``cfg.out`` not usable (a user's
+            folder, another run's, or one in use), a resume folder of another configuration; a
+            non-finite loss or a failed write (exit status 1, the last checkpoint intact).
+        KeyboardInterrupt: Ctrl-C or SIGTERM stopped the run (after saving it, unless a second
+            Ctrl-C aborted it mid-step).
+    """
+    cfg.validate()
+    folder = RunFolder(cfg.out, tool="pretrain", writes=_RUN_FILES, legacy="checkpoints/last.pt",
+                       resume=cfg.resume)  # fmt: skip
+    if int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes the folder, so it holds the lock
+        folder.claim()
+    try:
+        env = setup_distributed(cfg.device)
+        cfg.world_size = env.world
+        try:
+            return _train(cfg, env, folder)
+        finally:
+            if env.world > 1 and dist.is_initialized():
+                dist.destroy_process_group()
+    finally:
+        folder.release()
+
+
+def _append(path: Path, record: dict[str, Any], step: int, run: PretrainRun) -> None:
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+    except OSError as exc:
+        raise CLIError(
+            f"cannot write {path} at step {step} ({exc.strerror or exc}); {run.intact()}", exit_code=1
+        ) from exc
+
+
+def _first_nonfinite(first: Tensor, step: int, loss: Tensor) -> Tensor:
+    """Update, without a host sync, the first step whose loss was NaN or Inf (-1: none yet)."""
+    bad = ~torch.isfinite(loss)
+    return torch.where(bad & (first < 0), torch.full_like(first, step), first)
+
+
+def _stop_if_nonfinite(first: Tensor, run: PretrainRun) -> None:
+    step = int(first.item())
+    if step >= 0:
+        raise CLIError(
+            f"the loss became non-finite (NaN/Inf) at step {step}; the run stopped without saving "
+            f"and {run.intact()} Lower --lr, or train with --amp none.",
+            exit_code=1,
+        )
+
+
+def _train(cfg: PretrainConfig, env: Distributed, folder: RunFolder) -> Path:
+    if not env.main:
+        logging.getLogger("aesop_loss").setLevel(logging.WARNING)
+    try:
+        images = prepare_data(cfg.data, scale=cfg.scale, data_dir=cfg.data_dir)
+        val_paths = prepare_validation(cfg.val, cfg.data, data_dir=cfg.data_dir)
+    except DataError as exc:
+        raise CLIError(str(exc)) from exc
+    out = Path(cfg.out)
+    run = PretrainRun(cfg, env)
+    if cfg.resume:
+        run.load()
+    elif (out / "checkpoints" / "last.pt").exists():
+        raise CLIError(f"{out} already holds a run; pass --resume to continue it, or choose another --out.")
+    if run.step >= cfg.steps:
+        logger.info("nothing to do: step %d >= --steps %d", run.step, cfg.steps)
+        return out
+    metrics_file = out / METRICS_NAME
+    if env.main:
+        folder.trim_log(METRICS_NAME, run.step)
+
+    cpi = math.gcd(cfg.crops_per_image, cfg.batch_size)
+    per_step = cfg.batch_size // cpi  # dataset items per process per step
+    try:
+        dataset = CropDataset(
+            images,
+            crop=cfg.crop,
+            scale=cfg.scale,
+            seed=cfg.seed,
+            crops_per_image=cpi,
+            color_jitter=cfg.color_jitter,
+            cache_dir=Path(cfg.data_dir or out) / ".decoded",
+        )
+    except DataError as exc:
+        raise CLIError(str(exc)) from exc
+    loader = DataLoader(
+        dataset,
+        batch_size=per_step,
+        sampler=SampleStream(start=run.step * per_step * env.world, rank=env.rank, world=env.world),
+        num_workers=cfg.workers,
+        collate_fn=collate_crops,
+        pin_memory=env.device.type == "cuda",
+        persistent_workers=cfg.workers > 0,
+        worker_init_fn=ignore_stop_signals if cfg.workers > 0 else None,
+        prefetch_factor=4 if cfg.workers > 0 else None,
+    )
+    val_set = _validation_set(val_paths, cfg.scale) if env.main else []
+    bar = tqdm(total=cfg.steps, initial=run.step, desc="pretrain", disable=not env.main, dynamic_ncols=True)
+    sums = torch.zeros(2, device=env.device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=env.device)
+    window, t0 = 0, time.perf_counter()
+    batches = iter(loader)
+    stopped = False
+    try:
+        with StopRequest() as stop:
+            while run.step < cfg.steps:
+                try:
+                    hr, lr = next(batches)
+                except DataError as exc:
+                    raise CLIError(str(exc).strip().splitlines()[-1]) from None
+                rec, bott, loss = run.train_step(hr, lr)
+                first_bad = _first_nonfinite(first_bad, run.step, loss)
+                sums += torch.stack((rec, bott))
+                window += 1
+                bar.update(1)
+                saved = run.step % cfg.save_every == 0 or run.step == cfg.steps
+                if run.step % cfg.log_every == 0 or run.step == cfg.steps:
+                    _stop_if_nonfinite(first_bad, run)  # syncs anyway, below
+                    rec_m, bott_m = (sums / window).tolist()  # the only host sync, once per log window
+                    dt = time.perf_counter() - t0
+                    imgs = window * cfg.batch_size * env.world / dt
+                    bar.set_postfix(rec=f"{rec_m:.4f}", bott=f"{bott_m:.4f}", img_s=f"{imgs:.1f}")
+                    record = {
+                        "step": run.step,
+                        "loss_rec": rec_m,
+                        "loss_bottleneck": bott_m,
+                        "steps_per_s": window / dt,
+                        "images_per_s": imgs,
+                    }
+                    if env.main:
+                        _append(metrics_file, record, run.step, run)
+                    sums.zero_()
+                    window, t0 = 0, time.perf_counter()
+                if val_set and (run.step % cfg.val_every == 0 or run.step == cfg.steps):
+                    run.best = _validate(run.ema, val_set, env.device)
+                    logger.info(
+                        "step %d: %s", run.step, ", ".join(f"{k} {v:.2f} dB" for k, v in run.best.items())
+                    )
+                    _append(metrics_file, {"step": run.step, **run.best}, run.step, run)
+                if saved:
+                    _stop_if_nonfinite(first_bad, run)
+                    run.save()
+                if run.step < cfg.steps and stop.agreed(run.step, world=env.world, device=env.device):
+                    stopped = True
+                    if not saved:
+                        _stop_if_nonfinite(first_bad, run)
+                        run.save()
+                    break
+    except KeyboardInterrupt:  # a second Ctrl-C: mid-step, so a checkpoint now would not resume exactly
+        bar.close()
+        logger.warning(
+            "aborted without saving (mid-step, it would not resume exactly); last checkpoint: %s", run.ckpt
+        )
+        raise
+    finally:
+        bar.close()
+    if stopped:
+        logger.info("stopped at step %d; saved %s (continue with --resume)", run.step, run.ckpt)
+        raise KeyboardInterrupt
+    if cfg.push_to_hub and env.main:
+        logger.info("pushed: %s", push_folder_to_hub(out, cfg.push_to_hub))
+    return out
