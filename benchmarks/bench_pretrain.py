@@ -28,7 +28,6 @@ from aesop_loss.train import (
     collate_crops,
     prepare_data,
 )
-from aesop_loss.train.loop import Distributed
 
 IMAGES = Path(__file__).resolve().parents[1] / "examples" / "images"
 
@@ -66,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         crop=args.crop,
         amp=args.amp,
+        device=args.device,
     )
-    run = PretrainRun(cfg, Distributed(device=torch.device(args.device)))
+    run = PretrainRun(cfg)  # one process on cfg.device
     hr = torch.randint(0, 256, (args.batch_size, 3, args.crop, args.crop), dtype=torch.uint8)
     lr = torch.randint(0, 256, (args.batch_size, 3, args.crop // 4, args.crop // 4), dtype=torch.uint8)
     for _ in range(2):

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+import aesop_loss
 from aesop_loss import AESOPLoss, AutoEncoder
-from aesop_loss.hub import DEMO_AE_DIR
 
 from conftest import assert_stopped_and_saved, wait_for_file
+
+DEMO_AE_DIR = Path(aesop_loss.__file__).parent / "pretrained" / "demo"  # the installed demo AE
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 sys.path.insert(0, str(EXAMPLES))

@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONFIG_NAME",
-    "DEMO_AE_DIR",
     "WEIGHTS_NAME",
     "HubMixin",
     "ModelCardInfo",
@@ -62,7 +61,7 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
-DEMO_AE_DIR = Path(__file__).parent / "pretrained" / "demo"
+_DEMO_AE_DIR = Path(__file__).parent / "pretrained" / "demo"
 _FILE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
 # The Hub's rules: org/name of letters, digits, '-', '_', '.'; no '--' or '..'; at most 96 each.
 _REPO_ID = re.compile(r"^(?!.*(?:--|\.\.))[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}(?<![.-])$")
@@ -395,9 +394,9 @@ def load_model(
             raise CheckpointError(
                 "'demo' names the bundled demo autoencoder; use AutoEncoder.from_pretrained."
             )
-        if not DEMO_AE_DIR.is_dir():
+        if not _DEMO_AE_DIR.is_dir():
             raise CheckpointError(
-                f"the demo AE is missing from this installation ({DEMO_AE_DIR}); reinstall aesop-loss."
+                f"the demo AE is missing from this installation ({_DEMO_AE_DIR}); reinstall aesop-loss."
             )
         warnings.warn(
             "Loaded the bundled demo AE, trained on a handful of sample images: fine for examples "
@@ -406,7 +405,7 @@ def load_model(
             UserWarning,
             stacklevel=4,
         )
-        return _finish(_load_folder(cls, DEMO_AE_DIR, label="demo AE"), device)
+        return _finish(_load_folder(cls, _DEMO_AE_DIR, label="demo AE"), device)
     if path.is_dir():
         return _finish(_load_folder(cls, path), device)
     if path.is_file():

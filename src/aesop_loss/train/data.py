@@ -40,7 +40,6 @@ from ..resize import make_lr
 
 __all__ = [
     "DATASETS",
-    "DECODE_ERRORS",
     "CropDataset",
     "DataError",
     "ImageSet",
@@ -316,7 +315,7 @@ def prepare_validation(
 
 
 # What decoding an unreadable image raises (truncated, corrupt, a decompression bomb, unknown format).
-DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
+_DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def _skip(path: Path, why: str) -> None:
@@ -330,7 +329,7 @@ def _readable(files: Sequence[Path], crop: int) -> dict[int, tuple[int, int]]:
         try:
             with Image.open(path) as img:
                 w, h = img.size
-        except DECODE_ERRORS as exc:
+        except _DECODE_ERRORS as exc:
             _skip(path, f"not a readable image ({exc.__class__.__name__})")
             continue
         if min(w, h) < crop:
@@ -434,7 +433,7 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
                         pixels = self._pixels(path)
                         if self._in_ram:
                             self._ram[path] = pixels
-            except DECODE_ERRORS as exc:
+            except _DECODE_ERRORS as exc:
                 return exc
             return None
 
@@ -491,7 +490,7 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
             try:
                 hr = self._pixels(self.hr[i])
                 lr = self._pixels(self.lr[i]) if self.lr is not None else None
-            except DECODE_ERRORS as exc:  # a file changed or a cache entry vanished since the start
+            except _DECODE_ERRORS as exc:  # a file changed or a cache entry vanished since the start
                 self._bad.add(i)
                 warnings.warn(f"skipping {self.hr[i]}: cannot be decoded ({exc}).", stacklevel=2)
                 continue

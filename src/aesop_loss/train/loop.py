@@ -41,7 +41,7 @@ from ..metrics import psnr
 from ..resize import make_lr
 from .config import PretrainConfig, amp_dtype
 from .data import (
-    DECODE_ERRORS,
+    _DECODE_ERRORS,
     CropDataset,
     DataError,
     SampleStream,
@@ -54,7 +54,7 @@ from .ema import ema_update
 from .runs import RunFolder
 from .signals import StopRequest, ignore_stop_signals
 
-__all__ = ["Distributed", "PretrainRun", "setup_distributed", "train"]
+__all__ = ["Distributed", "PretrainRun", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class Distributed:
         return self.rank == 0
 
 
-def setup_distributed(device: str | None) -> Distributed:
+def _setup_distributed(device: str | None) -> Distributed:
     """The process group of a ``torchrun`` launch (from ``RANK``/``WORLD_SIZE``), or one process.
 
     NCCL on CUDA, gloo on CPU; each process takes the GPU of its ``LOCAL_RANK``.
@@ -113,7 +113,7 @@ def _validation_set(paths: list[Path], scale: int, size: int = 512) -> list[tupl
     for path in paths:
         try:
             img = load_image(path)
-        except DECODE_ERRORS as exc:
+        except _DECODE_ERRORS as exc:
             warnings.warn(f"skipping validation image {path}: cannot be decoded ({exc}).", stacklevel=2)
             continue
         h, w = (min(size, d) // scale * scale for d in img.shape[-2:])
@@ -142,10 +142,13 @@ class PretrainRun:
 
     Args:
         cfg: The run's settings (validated).
-        env: This process's rank and device.
+        env: This process's rank and device (default: a single process on ``cfg.device``).
     """
 
-    def __init__(self, cfg: PretrainConfig, env: Distributed) -> None:
+    def __init__(self, cfg: PretrainConfig, env: Distributed | None = None) -> None:
+        if env is None:  # one process, on cfg.device (default: CUDA when present)
+            default = "cuda" if torch.cuda.is_available() else "cpu"
+            env = Distributed(device=torch.device(cfg.device or default))
         self.cfg, self.env = cfg, env
         self.out = Path(cfg.out)
         self.ckpt = self.out / "checkpoints" / "last.pt"
@@ -320,7 +323,7 @@ def train(cfg: PretrainConfig) -> Path:
     if int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes the folder, so it holds the lock
         folder.claim()
     try:
-        env = setup_distributed(cfg.device)
+        env = _setup_distributed(cfg.device)
         cfg.world_size = env.world
         try:
             return _train(cfg, env, folder)
