@@ -15,7 +15,7 @@ takes. Call ``register()`` before ``train_pipeline`` (e.g. at the top of your ``
     # options/train_ESRGAN_AESOP.yml, under train:
     pixel_opt:
       type: AESOPLoss
-      ae: path/to/aesop-ae-x4      # folder, .pth (the authors' checkpoint) or Hub id
+      ae: path/to/aesop-ae-x4      # folder, .pth (the authors' checkpoint), Hub id, or demo (tests only)
       loss_weight: 1.0
       reduction: mean
     perceptual_opt: {type: PerceptualLoss, layer_weights: {conv5_4: 1}, perceptual_weight: 1.0}
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     gt = torch.rand(2, 3, size, size)
     l_g_pix = cri_pix(output, gt)  # as BasicSR's SRGANModel.optimize_parameters calls it
     l_g_pix.backward()
-    print(f"pixel_opt {pixel_opt} -> {type(cri_pix).__name__}; l_g_pix = {float(l_g_pix):.5f}")
+    print(f"pixel_opt {pixel_opt} -> {type(cri_pix).__name__}; l_g_pix = {l_g_pix.item():.5f}")
     return 0
 
 

@@ -5,10 +5,10 @@
    low-frequency change that does not (a fidelity error). L1 penalises both alike; AESOP penalises
    the fidelity error and (almost) ignores the detail.
 2. A small SR net trained twice on the bundled photos, once with nn.L1Loss and once with AESOPLoss,
-   then PSNR, AE-PSNR and LR-PSNR on a held-out photo and a side-by-side PNG
-   (LR bicubic | L1 | AESOP | HR).
+   then PSNR, AE-PSNR and LR-PSNR on a held-out photo and a labelled side-by-side PNG
+   (LR bicubic | L1 | AESOP | HR), by default examples/output/quickstart.png (``--out`` to change).
 
-    python examples/quickstart.py            # about a minute on a laptop CPU
+    python examples/quickstart.py            # 1-2 minutes on a 2-core CPU
     python examples/quickstart.py --smoke    # a few steps, for tests
 """
 
@@ -20,39 +20,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from aesop_loss import AESOPLoss, AutoEncoder, RRDBNet
+from aesop_loss.diagnostics import low_frequency_change, null_space_detail
 from aesop_loss.metrics import ae_psnr, lr_psnr, psnr
 from aesop_loss.resize import imresize, make_lr
 from aesop_loss.train import CropDataset, ImageSet, collate_crops, list_images, load_image
 
 HERE = Path(__file__).parent
 HELD_OUT = "chelsea.png"
-
-
-def null_space_detail(hr: Tensor, scale: int, amplitude: float, gen: torch.Generator) -> Tensor:
-    """Random detail d with imresize(hr + d, 1/scale) == imresize(hr, 1/scale) (to ~1e-12)."""
-    h, w = hr.shape[-2:]
-    eye_h, eye_w = torch.eye(h, dtype=torch.float64), torch.eye(w, dtype=torch.float64)
-    # the 1-D resize operators, (h/s, h) and (w/s, w): resize the columns of an identity matrix
-    down_h = imresize(eye_h[:, :, None], 1 / scale)[..., 0].T
-    down_w = imresize(eye_w[:, :, None], 1 / scale)[..., 0].T
-    # project the noise off each operator's row space: what remains is invisible after resizing
-    proj_h = eye_h - torch.linalg.pinv(down_h) @ down_h
-    proj_w = eye_w - torch.linalg.pinv(down_w) @ down_w
-    noise = torch.randn(hr.shape, generator=gen, dtype=torch.float64)
-    detail = proj_h @ noise @ proj_w.T
-    return (detail / detail.abs().max() * amplitude).to(hr.dtype)
-
-
-def low_frequency_change(hr: Tensor, energy: float) -> Tensor:
-    """A smooth colour shift (a fidelity error) with the given L2 norm."""
-    h, w = hr.shape[-2:]
-    ramp = torch.linspace(-1, 1, w).expand(h, w)
-    change = torch.stack((ramp, -ramp, 0.5 * torch.ones(h, w)))[None].to(hr.dtype)
-    return change * (energy / change.norm())
 
 
 def part_one(ae: AutoEncoder, device: torch.device, size: int) -> None:
@@ -89,11 +68,13 @@ class ResidualSR(nn.Module):
         return self.net(lr) + F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
 
 
-def train(criterion: nn.Module, loader_iter, steps: int, device: torch.device, seed: int) -> nn.Module:
+def train(
+    criterion: nn.Module, loader_iter, steps: int, device: torch.device, seed: int, label: str
+) -> nn.Module:
     torch.manual_seed(seed)
     net = ResidualSR().to(device)
     opt = torch.optim.Adam(net.parameters(), lr=5e-4, betas=(0.9, 0.99))
-    for hr, lr in loader_iter(steps):
+    for hr, lr in tqdm(loader_iter(steps), total=steps, desc=f"   training with {label}", leave=False):
         hr, lr = hr.to(device).float() / 255, lr.to(device).float() / 255
         loss = criterion(net(lr), hr)
         opt.zero_grad(set_to_none=True)
@@ -102,13 +83,33 @@ def train(criterion: nn.Module, loader_iter, steps: int, device: torch.device, s
     return net.eval()
 
 
+def save_labelled(panels: dict[str, Tensor], path: Path) -> None:
+    """Save images side by side, each with its label on a dark band above it."""
+    band = 16
+    row = torch.cat(list(panels.values()), dim=-1)[0].clamp(0, 1)
+    pixels = (row * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    width = next(iter(panels.values())).shape[-1]
+    canvas = Image.new("RGB", (pixels.shape[1], pixels.shape[0] + band), (24, 24, 24))
+    canvas.paste(Image.fromarray(pixels), (0, band))
+    draw = ImageDraw.Draw(canvas)
+    for i, label in enumerate(panels):
+        draw.text((i * width + 4, 3), label, fill=(255, 255, 255))  # Pillow's built-in font
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--ae", default="demo", help="AE: 'demo' (bundled), a folder, a .pth, or a Hub id")
     parser.add_argument("--steps", type=int, default=300, help="SR training steps per loss")
-    parser.add_argument("--out", type=Path, default=Path("quickstart.png"), help="side-by-side image")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=HERE / "output" / "quickstart.png",
+        help="side-by-side image (default: %(default)s)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--smoke", action="store_true", help="a few steps on small crops (for tests)")
     args = parser.parse_args(argv)
@@ -126,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             yield collate_crops([data[g]])
 
     print(f"2) training a small RRDBNet x4 for {steps} steps with each loss ({device})")
-    l1_net = train(nn.L1Loss(), batches, steps, device, seed=0)
-    aesop_net = train(AESOPLoss(ae).to(device), batches, steps, device, seed=0)  # the one-line swap
+    l1_net = train(nn.L1Loss(), batches, steps, device, seed=0, label="nn.L1Loss")
+    aesop_net = train(AESOPLoss(ae).to(device), batches, steps, device, seed=0, label="AESOPLoss")  # the swap
 
     held = load_image(HERE / "images" / HELD_OUT)[:, 40 : 40 + 2 * size, 100 : 100 + 2 * size]
     hr = (held.float() / 255)[None].to(device)
@@ -141,11 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         rgb = float(psnr(sr, hr, crop_border=4, y_channel=False))
         a, lp = float(ae_psnr(ae, sr, hr)), float(lr_psnr(sr, hr, scale=4))
         print(f"   {name:<25}{p:>8.2f}{rgb:>10.2f}{a:>10.2f}{lp:>10.2f}")
-    panel = torch.cat([bicubic, outs["L1"], outs["AESOP"], hr], dim=-1)[0]
-    pixels = (panel * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(args.out)
-    print(f"   wrote {args.out} (LR bicubic | L1 | AESOP | HR) in {time.perf_counter() - t0:.0f}s")
+    panels = {"LR, bicubic x4": bicubic, "trained with L1": outs["L1"], "trained with AESOP": outs["AESOP"],
+              "HR (ground truth)": hr}  # fmt: skip
+    save_labelled(panels, args.out)
+    print(f"   wrote {args.out} ({' | '.join(panels)}) in {time.perf_counter() - t0:.0f}s")
     return 0
 
 

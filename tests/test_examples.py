@@ -33,16 +33,27 @@ def test_every_example_has_help(script, tmp_path):
     assert "--smoke" in _run(script, "--help", cwd=tmp_path).stdout
 
 
-def test_quickstart_smoke(tmp_path):
-    out = _run("quickstart.py", "--smoke", "--device", "cpu", "--out", "q.png", cwd=tmp_path).stdout
+def test_quickstart_smoke_writes_a_labelled_picture_beside_itself(tmp_path):
+    import time
+
+    start = time.time()
+    out = _run("quickstart.py", "--smoke", "--device", "cpu", cwd=tmp_path).stdout
     assert "detail, same LR image" in out
     assert "low-frequency change" in out
     assert "AE-PSNR" in out
-    png = tmp_path / "q.png"
+    assert list(tmp_path.iterdir()) == []  # nothing lands in the folder it was run from
+    png = EXAMPLES / "output" / "quickstart.png"  # the default the README names (git-ignored)
+    assert png.stat().st_mtime >= start - 1
+    assert "/examples/output/" in (EXAMPLES.parent / ".gitignore").read_text().splitlines()
     from PIL import Image
 
     with Image.open(png) as img:
-        assert img.size == (4 * 128, 128)  # LR bicubic | L1 | AESOP | HR
+        assert img.size == (4 * 128, 128 + 16)  # LR bicubic | L1 | AESOP | HR, under a label band
+        band = torch.frombuffer(
+            bytearray(img.convert("L").crop((0, 0, 4 * 128, 16)).tobytes()), dtype=torch.uint8
+        )
+    assert (band > 200).sum() > 100  # the labels are drawn: white text on the dark band
+    assert "trained with AESOP" in out
 
 
 def test_train_esrgan_smoke(tmp_path):
@@ -89,7 +100,10 @@ def test_train_esrgan_ctrl_c_saves_and_exits(tmp_path):
 
 
 def test_basicsr_plugin_smoke(tmp_path):
-    assert "l_g_pix" in _run("basicsr_plugin.py", "--smoke", cwd=tmp_path).stdout
+    proc = _run("basicsr_plugin.py", "--smoke", cwd=tmp_path)
+    assert "l_g_pix" in proc.stdout
+    warnings_seen = [line for line in proc.stderr.splitlines() if "Warning" in line]
+    assert all("Loaded the bundled demo AE" in line for line in warnings_seen), proc.stderr  # only that one
 
 
 @pytest.mark.filterwarnings("ignore:Loaded the bundled demo AE")

@@ -11,7 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "aesop_loss"
-TRAINING = ("aesop_loss.train", "aesop_loss.pretrain")  # the tool, and its `python -m` entry point
+# the tool, and the `python -m` commands that may reach it (pretraining; diagnose's --images)
+TRAINING = ("aesop_loss.train", "aesop_loss.pretrain", "aesop_loss.diagnose")
 
 
 def _module_name(path: Path) -> str:

@@ -35,7 +35,7 @@ from .archs import AutoEncoder
 from .cli import CLIError, run_cli
 from .hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, push_folder_to_hub
 
-__all__ = ["convert", "main"]
+__all__ = ["console_main", "convert", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -154,5 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def console_main() -> int:
+    """The ``aesop-convert`` console script: ``main`` with one-line errors and exit statuses."""
+    return run_cli(main)
+
+
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    raise SystemExit(console_main())

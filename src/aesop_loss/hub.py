@@ -98,6 +98,7 @@ class ModelCardInfo:
         license: SPDX-like license id of the weights (``"other"`` when unknown).
         metrics: Validation numbers, e.g. ``{"psnr_ae_hr": 33.1}``.
         warning: A caveat shown at the top of the card.
+        diagnosis: The report of ``aesop_loss.diagnostics.diagnose`` (``Diagnosis.table()``).
     """
 
     description: str | None = None
@@ -109,6 +110,7 @@ class ModelCardInfo:
     license: str = "other"
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     warning: str | None = None
+    diagnosis: str | None = None
 
 
 def _model_config(model: nn.Module) -> dict[str, Any]:
@@ -171,6 +173,9 @@ def _render_card(model: nn.Module, info: ModelCardInfo) -> str:
     if info.metrics:
         lines += ["## Validation", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {v:.4f} |" for k, v in info.metrics.items()] + [""]
+    if info.diagnosis:
+        lines += ["## Fitness for AESOP", "", "`python -m aesop_loss.diagnose` on this model:", "", "```"]
+        lines += [info.diagnosis, "```", ""]
     lines += ["## Citation", "", "```bibtex", CITATION, "```", ""]
     return "\n".join(lines)
 
@@ -411,11 +416,9 @@ def load_model(
     if path.is_file():
         return _finish(_load_file(cls, path), device)
     if _looks_local(text):
-        raise CheckpointError(
-            f"{text}: no such file or folder"
-            + (f" ({path.parent} exists here, so this names a local path)" if path.parent.is_dir() else "")
-            + "."
-        )
+        explicit = text.startswith((".", "/", "~")) or text.endswith(_FILE_SUFFIXES)
+        why = "" if explicit else f" ({path.parent} exists here, so this names a local path)"
+        raise CheckpointError(f"{text}: no such file or folder{why}.")
     repo_id, rev = _split_revision(text, revision)
     if not _REPO_ID.match(repo_id):
         raise CheckpointError(

@@ -32,12 +32,14 @@ def psnr(x: Tensor, y: Tensor, *, crop_border: int = 0, y_channel: bool = True) 
         y_channel: Measure on BT.601 luma instead of RGB.
 
     Returns:
-        ``(N,)`` PSNR values.
+        ``(N,)`` PSNR values; ``inf`` for identical images (as BasicSR's ``calculate_psnr``).
 
     Examples:
         >>> x = torch.zeros(1, 3, 8, 8)
         >>> round(float(psnr(x, x + 0.1, y_channel=False)), 2)
         19.83
+        >>> float(psnr(x, x))
+        inf
     """
     if x.shape != y.shape:
         raise ValueError(f"psnr: shapes differ, {tuple(x.shape)} vs {tuple(y.shape)}.")
@@ -49,7 +51,7 @@ def psnr(x: Tensor, y: Tensor, *, crop_border: int = 0, y_channel: bool = True) 
         x = x[..., crop_border:-crop_border, crop_border:-crop_border]
         y = y[..., crop_border:-crop_border, crop_border:-crop_border]
     mse = (x.double() - y.double()).square().flatten(1).mean(1)
-    return (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).float()
+    return (10 * torch.log10(1.0 / mse)).float()  # mse 0 -> inf
 
 
 @torch.no_grad()

@@ -9,7 +9,13 @@ from .cli import run_cli
 from .train.cli import main
 from .train.config import PretrainConfig
 
-__all__ = ["PretrainConfig", "main"]
+__all__ = ["PretrainConfig", "console_main", "main"]
+
+
+def console_main() -> int:
+    """The ``aesop-pretrain`` console script: ``main`` with one-line errors and exit statuses."""
+    return run_cli(main)
+
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    raise SystemExit(console_main())

@@ -54,11 +54,16 @@ def _opt(
     choices: tuple[Any, ...] | None = None,
     flag: bool = True,
     metavar: str | None = None,
+    absent: Any = dataclasses.MISSING,
 ) -> Any:
     """A field with its flag's metadata. ``low``/``high`` bound inclusively, ``above``/``below``
-    exclusively; ``resume``: a resumed run must have the same value; ``flag=False``: not a flag."""
+    exclusively; ``resume``: a resumed run must have the same value; ``absent``: the value a
+    checkpoint from before the setting existed had (default: the field's default); ``flag=False``:
+    not a flag."""
     meta = {"help": help, "group": group, "resume": resume, "low": low, "high": high, "above": above,
             "below": below, "choices": choices, "flag": flag, "metavar": metavar}  # fmt: skip
+    if absent is not dataclasses.MISSING:
+        meta["absent"] = absent
     if callable(default):
         return dataclasses.field(default_factory=default, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -116,6 +121,10 @@ class PretrainConfig:
     batch_size: int = _opt(16, "per process", 2, resume=True, low=1, high=65_536)
     lr: float = _opt(1e-4, "Adam learning rate", 2, resume=True, above=0.0)
     ema: float = _opt(0.999, "EMA decay of the exported weights", 2, resume=True, low=0.0, below=1.0)
+    ema_warmup: bool = _opt(
+        True, "warm the EMA up: decay min(ema, (1 + t) / (10 + t)) at step t, so that early saves hold "
+        "trained weights (--no-ema-warmup: the paper's plain EMA)", 2, resume=True, absent=False,
+    )  # fmt: skip
     bottleneck_weight: float = _opt(1.0, "weight of L1(encode(HR), LR)", 2, resume=True, low=0.0)
     seed: int = _opt(
         0, "seed of the initialisation and the data stream", 2, resume=True, low=0, high=2**63 - 1
@@ -175,7 +184,7 @@ class PretrainConfig:
         resumable.
         """
         ours = self.resume_signature()
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        defaults = {f.name: f.metadata.get("absent", f.default) for f in dataclasses.fields(self)}
         theirs = {k: saved.get(k, defaults.get(k)) for k in ours}
         return [f"{k}={theirs[k]!r} (now {ours[k]!r})" for k in ours if theirs[k] != ours[k]]
 
@@ -196,10 +205,10 @@ class PretrainConfig:
             else:
                 default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
                 kwargs["default"] = default
-                if default not in (None, False, ""):
+                if default not in (None, False, True, ""):
                     kwargs["help"] += f" (default: {default})"
-            if f.type == "bool":
-                kwargs["action"] = "store_true"
+            if f.type == "bool":  # --flag, or --flag / --no-flag when it is on by default
+                kwargs["action"] = argparse.BooleanOptionalAction if kwargs.get("default") else "store_true"
             else:
                 kwargs["type"] = {"int": int, "float": float, "Path": Path}.get(str(f.type), str)
                 if meta.get("choices") is not None:

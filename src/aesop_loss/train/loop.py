@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from .._io import WriteError, atomic_path
 from ..archs import AutoEncoder, RRDBNet
 from ..cli import CLIError
+from ..diagnostics import Diagnosis, diagnose
 from ..hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, push_folder_to_hub
 from ..metrics import psnr
 from ..resize import make_lr
@@ -179,6 +180,7 @@ class PretrainRun:
         self.step = 0
         self.saved_step: int | None = None
         self.best: dict[str, float] = {}
+        self.diagnosis: Diagnosis | None = None
         self._decoder_frozen: bool | None = None
         self.model: nn.Module = _Pretrainer(self.ae)
 
@@ -242,6 +244,7 @@ class PretrainRun:
                 training_steps=self.step,
                 command=self.cfg.command or None,
                 metrics=metrics or self.best,
+                diagnosis=self.diagnosis.table() if self.diagnosis else None,
                 license="other",
                 description=(
                     "AESOP autoencoder pretrained with aesop-loss (EMA weights). Use it as AESOPLoss(ae=...)."
@@ -278,6 +281,14 @@ class PretrainRun:
         self.step = self.saved_step = int(state["step"])
         logger.info("resumed %s at step %d", self.out, self.step)
 
+    def ema_decay(self, step: int) -> float:
+        """The EMA decay of the update after ``step`` finished steps: ``--ema``, or with the warm-up
+        (default) ``min(--ema, (1 + step) / (10 + step))``, so the first updates move the average
+        fast and a short run exports trained weights rather than its initialisation."""
+        if not self.cfg.ema_warmup:
+            return self.cfg.ema
+        return min(self.cfg.ema, (1 + step) / (10 + step))
+
     # -- one step -----------------------------------------------------------------------------------
     def train_step(self, hr: Tensor, lr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         model = self._wrap(self.step)
@@ -296,7 +307,7 @@ class PretrainRun:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        ema_update(self._ema_params, self._params, self.cfg.ema)
+        ema_update(self._ema_params, self._params, self.ema_decay(self.step))
         self.step += 1
         return rec.detach(), bott.detach(), loss.detach()
 
@@ -451,6 +462,12 @@ def _train(cfg: PretrainConfig, env: Distributed, folder: RunFolder) -> Path:
                     _append(metrics_file, {"step": run.step, **run.best}, run.step, run)
                 if saved:
                     _stop_if_nonfinite(first_bad, run)
+                    if run.step == cfg.steps and env.main:  # the last save: is the AE fit for AESOP?
+                        photos = [hr[0] for hr, _ in val_set] or None  # default: the bundled photos
+                        run.diagnosis = diagnose(run.ema, photos)
+                        logger.info(
+                            "fitness for AESOP (python -m aesop_loss.diagnose):\n%s", run.diagnosis.table()
+                        )
                     run.save()
                 if run.step < cfg.steps and stop.agreed(run.step, world=env.world, device=env.device):
                     stopped = True

@@ -1,0 +1,341 @@
+"""Is an autoencoder fit for the AESOP loss? Measurements of what it keeps and what it ignores.
+
+AESOP works when ``AE(x)`` keeps what the LR image determines and drops what it cannot. Five
+measurements on real photos tell whether an AE does:
+
+- ``recon_psnr``: PSNR of ``AE(x)`` against ``x`` (Y channel, border = scale), dB. An AE that does
+  not reconstruct its input cannot guide an SR net.
+- ``lr_psnr``: PSNR of the encoder's bottleneck against the MATLAB-bicubic LR image, dB.
+- ``detail_ratio`` and ``fidelity_ratio``: the paper's argument in two numbers. Two perturbations of
+  ``x`` with equal energy: detail in the downsampler's null space (the LR image does not change:
+  plausible texture an SR net may invent) and a low-frequency change (the LR image changes: a
+  fidelity error). Each ratio is ``AESOP / L1`` on that perturbation. ``selectivity`` =
+  fidelity ratio / detail ratio (how much more AESOP penalises the error than the detail) and
+  ``retention`` = fidelity ratio (how much of the error AESOP still sees).
+- ``colour_gains``: a uniform offset of the input along Y, Cb and Cr comes out of a faithful AE with
+  gain about 1; an AE that memorised its training photos' colours passes Cb/Cr with a small gain,
+  and AESOP with it cannot see colour errors.
+
+``THRESHOLDS`` turns them into a verdict, ``"ok"``, ``"warn"`` or ``"unfit"``, with the reasons.
+``python -m aesop_loss.diagnose`` is the command; pretraining prints the same report at its end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+
+from .archs import AutoEncoder
+from .metrics import psnr
+from .resize import imresize, make_lr
+
+__all__ = [
+    "THRESHOLDS",
+    "Diagnosis",
+    "Thresholds",
+    "colour_gains",
+    "diagnose",
+    "low_frequency_change",
+    "null_space_detail",
+    "sample_images",
+]
+
+SAMPLE_IMAGES = Path(__file__).parent / "pretrained" / "diagnose_images.safetensors"
+# ITU-R BT.601 RGB -> YCbCr (rows Y, Cb, Cr; no offsets), in [0, 1] units
+_YCBCR = torch.tensor(
+    [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], dtype=torch.float64
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    """Where a measurement makes an AE unfit for AESOP, or worth a warning.
+
+    The values come from measuring untrained AEs (random weights, with or without a pretrained
+    flag), AEs from short and long pretraining runs, and the bundled demo AE on the bundled photos;
+    the numbers are in the README's "Is my AE any good?" section.
+
+    Args:
+        unfit_recon_psnr: Below this reconstruction PSNR (dB) the AE does not reconstruct.
+        warn_recon_psnr: Below this, it reconstructs poorly.
+        warn_lr_psnr: Below this bottleneck-vs-LR PSNR (dB), the bottleneck is not the LR image.
+        unfit_retention: Below this, AESOP barely sees fidelity errors.
+        warn_retention: Below this, it sees them weakly.
+        unfit_selectivity: Below this, AESOP penalises detail about as much as error (like L1).
+        warn_selectivity: Below this, it separates them weakly.
+        warn_colour_gain: A Cb or Cr gain below this: colour errors are under-weighted.
+        warn_luma_gain: The Y gain outside ``[a, b]``: brightness errors are mis-weighted.
+    """
+
+    unfit_recon_psnr: float = 20.0
+    warn_recon_psnr: float = 26.0
+    warn_lr_psnr: float = 32.0
+    unfit_retention: float = 0.2
+    warn_retention: float = 0.4
+    unfit_selectivity: float = 3.0
+    warn_selectivity: float = 10.0
+    warn_colour_gain: float = 0.5
+    warn_luma_gain: tuple[float, float] = (0.8, 1.25)
+
+
+THRESHOLDS = Thresholds()
+
+
+@dataclasses.dataclass
+class Diagnosis:
+    """The measurements of one AE on a set of images, and the verdict they give.
+
+    Attributes:
+        recon_psnr: PSNR(AE(x), x), dB, mean over the images.
+        lr_psnr: PSNR(encode(x), bicubic LR), dB.
+        detail_ratio: AESOP / L1 on null-space detail (small is good).
+        fidelity_ratio: AESOP / L1 on a low-frequency change (large is good).
+        selectivity: fidelity_ratio / detail_ratio.
+        retention: fidelity_ratio.
+        colour_gains: ``{"y", "cb", "cr"}`` gains of a uniform input offset (about 1 is good).
+        images: How many images were measured.
+        verdict: ``"ok"``, ``"warn"`` or ``"unfit"``.
+        reasons: Why, one line each (empty for ``"ok"``).
+    """
+
+    recon_psnr: float
+    lr_psnr: float
+    detail_ratio: float
+    fidelity_ratio: float
+    selectivity: float
+    retention: float
+    colour_gains: dict[str, float]
+    images: int
+    verdict: str = "ok"
+    reasons: list[str] = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The measurements and verdict as plain JSON-ready values."""
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """One JSON object (non-finite numbers as ``null``)."""
+
+        def clean(v: Any) -> Any:
+            if isinstance(v, float) and not math.isfinite(v):
+                return None
+            if isinstance(v, dict):
+                return {k: clean(x) for k, x in v.items()}
+            return v
+
+        return json.dumps({k: clean(v) for k, v in self.to_dict().items()})
+
+    def table(self) -> str:
+        """A short plain-text report: one line per measurement, then the verdict and its reasons."""
+        g = self.colour_gains
+        rows = [
+            ("reconstruction PSNR", f"{self.recon_psnr:.2f} dB", "AE(x) vs x"),
+            ("bottleneck vs LR PSNR", f"{self.lr_psnr:.2f} dB", "encode(x) vs bicubic LR"),
+            ("detail ratio", f"{self.detail_ratio:.3f}", "AESOP/L1 on detail the LR cannot see (low)"),
+            ("fidelity ratio", f"{self.fidelity_ratio:.3f}", "AESOP/L1 on a low-frequency error (high)"),
+            ("selectivity", f"{self.selectivity:.1f}", "fidelity ratio / detail ratio"),
+            ("colour gains", f"Y {g['y']:.2f} Cb {g['cb']:.2f} Cr {g['cr']:.2f}", "offsets passed (about 1)"),
+        ]
+        lines = [f"{name:<23}{value:<24}{what}" for name, value, what in rows]
+        lines.append(f"verdict: {self.verdict} ({self.images} images)")
+        lines += [f"  - {reason}" for reason in self.reasons]
+        return "\n".join(lines)
+
+
+def sample_images() -> list[Tensor]:
+    """The bundled photos (centre 128x128 crops of the 7 CC0 / public-domain sample images), uint8."""
+    crops = load_file(SAMPLE_IMAGES)
+    return [crops[name] for name in sorted(crops)]
+
+
+def null_space_detail(hr: Tensor, scale: int, amplitude: float, generator: torch.Generator) -> Tensor:
+    """Random detail ``d`` that MATLAB-bicubic downsampling does not see: ``imresize(hr + d, 1/scale)``
+    equals ``imresize(hr, 1/scale)`` to ~1e-12.
+
+    Args:
+        hr: Images ``(..., H, W)``.
+        scale: The downsampling factor.
+        amplitude: The largest ``|d|``.
+        generator: Random source.
+
+    Examples:
+        >>> hr = torch.rand(1, 3, 32, 32, dtype=torch.float64)
+        >>> d = null_space_detail(hr, 4, 0.1, torch.Generator().manual_seed(0))
+        >>> float((imresize(hr + d, 1 / 4) - imresize(hr, 1 / 4)).abs().max()) < 1e-10
+        True
+    """
+    h, w = hr.shape[-2:]
+    eye_h, eye_w = torch.eye(h, dtype=torch.float64), torch.eye(w, dtype=torch.float64)
+    # the 1-D resize operators, (h/s, h) and (w/s, w): resize the columns of an identity matrix
+    down_h = imresize(eye_h[:, :, None], 1 / scale)[..., 0].T
+    down_w = imresize(eye_w[:, :, None], 1 / scale)[..., 0].T
+    # project the noise off each operator's row space: what remains is invisible after resizing
+    proj_h = eye_h - torch.linalg.pinv(down_h) @ down_h
+    proj_w = eye_w - torch.linalg.pinv(down_w) @ down_w
+    noise = torch.randn(hr.shape, generator=generator, dtype=torch.float64)
+    detail = proj_h @ noise @ proj_w.T
+    return (detail / detail.abs().max() * amplitude).to(hr.dtype)
+
+
+def low_frequency_change(hr: Tensor, energy: float) -> Tensor:
+    """A smooth colour shift (a fidelity error the LR image shows) with L2 norm ``energy``."""
+    h, w = hr.shape[-2:]
+    ramp = torch.linspace(-1, 1, w, dtype=torch.float64).expand(h, w)
+    change = torch.stack((ramp, -ramp, 0.5 * torch.ones(h, w, dtype=torch.float64)))
+    change = change.expand(*hr.shape[:-3], 3, h, w).to(hr.dtype)
+    return change * (energy / change.norm())
+
+
+@torch.no_grad()
+def colour_gains(
+    ae: AutoEncoder, x: Tensor, *, offset: float = 0.02, base: Tensor | None = None
+) -> dict[str, float]:
+    """How much of a uniform input offset along Y, Cb and Cr the AE passes to its output.
+
+    Args:
+        ae: The autoencoder.
+        x: Images ``(N, 3, H, W)`` in [0, 1], on the AE's device.
+        offset: The offset's size along each YCbCr axis (in [0, 1] units).
+        base: ``ae(x)``, when the caller has it already.
+
+    Returns:
+        ``{"y": gain, "cb": gain, "cr": gain}``; a faithful AE gives about 1 each.
+    """
+    ycbcr = _YCBCR.to(x.device, torch.float32)
+    base = ae(x) if base is None else base
+    gains = {}
+    for c, name in enumerate(("y", "cb", "cr")):
+        shift = torch.zeros(3, device=x.device)
+        shift[c] = offset
+        rgb = torch.linalg.solve(ycbcr, shift).view(1, 3, 1, 1)
+        moved = torch.einsum("ij,bjhw->bihw", ycbcr, ae(x + rgb) - base)
+        gains[name] = float(moved[:, c].mean()) / offset
+    return gains
+
+
+@torch.no_grad()
+def diagnose(
+    ae: AutoEncoder,
+    images: Sequence[Tensor] | None = None,
+    *,
+    size: int = 128,
+    seed: int = 0,
+    thresholds: Thresholds = THRESHOLDS,
+) -> Diagnosis:
+    """Measure how fit ``ae`` is for the AESOP loss (see the module docstring) and give a verdict.
+
+    Args:
+        ae: The autoencoder, on any device.
+        images: ``(3, H, W)`` images, uint8 (or float in [0, 1]); centre crops of ``size`` are
+            measured. Default: the bundled sample photos.
+        size: Crop size (made a multiple of the AE's scale); smaller images are used whole.
+        seed: Seed of the null-space detail.
+        thresholds: Where the verdict turns.
+
+    Returns:
+        The measurements and the verdict.
+
+    Raises:
+        ValueError: No image, or one smaller than 4 LR pixels per side.
+
+    Examples:
+        >>> ae = AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8)  # untrained
+        >>> d = diagnose(ae, size=64)
+        >>> d.verdict, d.recon_psnr < 20
+        ('unfit', True)
+    """
+    images = sample_images() if images is None else list(images)
+    if not images:
+        raise ValueError("diagnose: no images to measure on.")
+    param = next(ae.parameters())
+    device, s = param.device, ae.scale
+    was_training = ae.training
+    ae.eval()
+    gen = torch.Generator().manual_seed(seed)
+    sums: dict[str, float] = {"recon": 0.0, "lr": 0.0, "d_l1": 0.0, "d_ae": 0.0, "f_l1": 0.0, "f_ae": 0.0}
+    gains = {"y": 0.0, "cb": 0.0, "cr": 0.0}
+    for img in images:
+        x = _crop(img, size, s).to(device)
+        z = ae.encode(x)
+        base = ae.decode(z)
+        sums["recon"] += float(psnr(base, x, crop_border=s))
+        sums["lr"] += float(psnr(z, make_lr(x, s), crop_border=1))
+        detail = null_space_detail(x.double().cpu(), s, 0.08, gen)
+        low = low_frequency_change(x.double().cpu(), float(detail.norm()))
+        for key, delta in (("d", detail), ("f", low)):
+            moved = x + delta.to(device, x.dtype)
+            sums[f"{key}_l1"] += float((moved - x).abs().mean())
+            sums[f"{key}_ae"] += float((ae(moved) - base).abs().mean())
+        for name, gain in colour_gains(ae, x, base=base).items():
+            gains[name] += gain
+    ae.train(was_training)
+    n = len(images)
+    detail_ratio = sums["d_ae"] / sums["d_l1"]
+    fidelity_ratio = sums["f_ae"] / sums["f_l1"]
+    diagnosis = Diagnosis(
+        recon_psnr=sums["recon"] / n,
+        lr_psnr=sums["lr"] / n,
+        detail_ratio=detail_ratio,
+        fidelity_ratio=fidelity_ratio,
+        selectivity=fidelity_ratio / detail_ratio if detail_ratio > 0 else float("inf"),
+        retention=fidelity_ratio,
+        colour_gains={k: v / n for k, v in gains.items()},
+        images=n,
+    )
+    diagnosis.verdict, diagnosis.reasons = _verdict(diagnosis, thresholds)
+    return diagnosis
+
+
+def _crop(img: Tensor, size: int, scale: int) -> Tensor:
+    if img.ndim != 3 or img.shape[0] != 3:
+        raise ValueError(f"diagnose: images must be (3, H, W), got shape {tuple(img.shape)}.")
+    h, w = (min(size, d) // scale * scale for d in img.shape[-2:])
+    if min(h, w) < 4 * scale:
+        raise ValueError(f"diagnose: an image of {img.shape[-1]}x{img.shape[-2]} is too small for x{scale}.")
+    top, left = (img.shape[-2] - h) // 2, (img.shape[-1] - w) // 2
+    x = img[:, top : top + h, left : left + w]
+    return (x.float() / 255 if not x.is_floating_point() else x.float())[None]
+
+
+def _verdict(d: Diagnosis, t: Thresholds) -> tuple[str, list[str]]:
+    unfit, warn = [], []
+    if not d.recon_psnr >= t.unfit_recon_psnr:
+        unfit.append(f"reconstruction PSNR {d.recon_psnr:.1f} dB < {t.unfit_recon_psnr:g}: the AE does not "
+                     "reconstruct its input (untrained, or trained on something else)")  # fmt: skip
+    elif d.recon_psnr < t.warn_recon_psnr:
+        warn.append(f"reconstruction PSNR {d.recon_psnr:.1f} dB < {t.warn_recon_psnr:g}: train longer")
+    if not d.retention >= t.unfit_retention:
+        unfit.append(
+            f"retention {d.retention:.2f} < {t.unfit_retention:g}: AESOP would barely see fidelity errors"
+        )
+    elif d.retention < t.warn_retention:
+        warn.append(f"retention {d.retention:.2f} < {t.warn_retention:g}: fidelity errors are under-weighted")
+    if not d.selectivity >= t.unfit_selectivity:
+        unfit.append(f"selectivity {d.selectivity:.1f} < {t.unfit_selectivity:g}: AESOP would penalise "
+                     "invented detail about as much as errors, like L1")  # fmt: skip
+    elif d.selectivity < t.warn_selectivity:
+        warn.append(f"selectivity {d.selectivity:.1f} < {t.warn_selectivity:g}: detail is still penalised")
+    if d.lr_psnr < t.warn_lr_psnr:
+        warn.append(f"bottleneck vs LR PSNR {d.lr_psnr:.1f} dB < {t.warn_lr_psnr:g}: the bottleneck is not "
+                    "the bicubic LR image")  # fmt: skip
+    low_colour = [f"{k.capitalize()} {d.colour_gains[k]:.2f}" for k in ("cb", "cr")
+                  if d.colour_gains[k] < t.warn_colour_gain]  # fmt: skip
+    if low_colour:
+        warn.append(f"colour gains {', '.join(low_colour)} < {t.warn_colour_gain:g}: colour errors are "
+                    "under-weighted (pretrain with --color-jitter, or on more varied images)")  # fmt: skip
+    lo, hi = t.warn_luma_gain
+    if not lo <= d.colour_gains["y"] <= hi:
+        warn.append(
+            f"Y gain {d.colour_gains['y']:.2f} outside [{lo:g}, {hi:g}]: brightness errors are mis-weighted"
+        )
+    if unfit:
+        return "unfit", unfit + warn
+    return ("warn" if warn else "ok"), warn

@@ -1,0 +1,152 @@
+"""``aesop_loss.diagnose``: is an AE fit for the loss? Untrained AEs are unfit, trained ones pass."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from aesop_loss import AutoEncoder
+from aesop_loss.cli import run_cli
+from aesop_loss.diagnose import main
+from aesop_loss.diagnostics import THRESHOLDS, Diagnosis, diagnose, null_space_detail, sample_images
+from aesop_loss.resize import imresize
+
+from conftest import IMAGES, TINY, tiny_ae
+
+FIELDS = ["recon_psnr", "lr_psnr", "detail_ratio", "fidelity_ratio", "selectivity", "retention",
+          "colour_gains", "images", "verdict", "reasons"]  # fmt: skip
+
+
+def _json(capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1  # one JSON object on stdout, nothing else
+    return json.loads(out[0])
+
+
+@pytest.fixture(scope="module")
+def untrained_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained AE saved as a model folder: it loads as 'pretrained', but it is not."""
+    folder = tmp_path_factory.mktemp("untrained")
+    torch.manual_seed(0)
+    AutoEncoder(**TINY).save_pretrained(folder)
+    return folder
+
+
+def test_untrained_ae_is_unfit_even_when_it_claims_to_be_pretrained(untrained_folder, capsys):
+    assert AutoEncoder.from_pretrained(untrained_folder).is_pretrained  # what a loader sees
+    assert run_cli(main, [str(untrained_folder), "--json"]) == 1
+    report = _json(capsys)
+    assert list(report) == FIELDS
+    assert report["verdict"] == "unfit"
+    assert report["recon_psnr"] < THRESHOLDS.unfit_recon_psnr
+    assert any("does not reconstruct" in reason for reason in report["reasons"])
+
+
+def test_a_trained_ae_passes(capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the demo AE's "for examples and tests" warning
+        assert run_cli(main, ["demo", "--json"]) == 0
+    report = _json(capsys)
+    assert report["verdict"] in ("ok", "warn")
+    assert report["recon_psnr"] > THRESHOLDS.warn_recon_psnr
+    assert report["selectivity"] > THRESHOLDS.warn_selectivity  # detail costs far less than error
+    assert report["retention"] > THRESHOLDS.warn_retention
+    assert report["images"] == 7
+
+
+def test_table_output_and_images_folder(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("chelsea.png", "coffee.png"):
+        (folder / name).write_bytes((IMAGES / name).read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert run_cli(main, ["demo", "--images", str(folder), "--size", "96"]) == 0
+    out = capsys.readouterr().out
+    rows = ("reconstruction PSNR", "bottleneck vs LR PSNR", "detail ratio", "fidelity ratio", "selectivity",
+            "colour gains", "verdict: ")  # fmt: skip
+    for row in rows:
+        assert row in out
+    assert "(2 images)" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["./no/such/ae"], "no such file or folder"),
+        (["demo", "--images", "EMPTY"], "holds no images"),
+        (["demo", "--size", "4"], "--size 4"),
+        (["demo", "--device", "quantum"], "--device 'quantum'"),
+    ],
+    ids=["missing-ae", "empty-images", "tiny-size", "bad-device"],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, needle):
+    (tmp_path / "empty").mkdir()
+    argv = [str(tmp_path / "empty") if a == "EMPTY" else a for a in argv]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert run_cli(main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("error: ")
+    assert needle in err[0]
+
+
+def test_command_line_exit_status(untrained_folder):
+    proc = subprocess.run(
+        [sys.executable, "-m", "aesop_loss.diagnose", str(untrained_folder)], capture_output=True, text=True
+    )
+    assert proc.returncode == 1
+    assert "verdict: unfit" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_selectivity_separates_detail_from_error():
+    # the paper's argument, measured: the detail leaves the LR image as it was, and AESOP with a
+    # trained AE penalises it far less than a fidelity error of the same energy
+    hr = sample_images()[0].double()[None] / 255
+    detail = null_space_detail(hr, 4, 0.08, torch.Generator().manual_seed(0))
+    assert float((imresize(hr + detail, 1 / 4) - imresize(hr, 1 / 4)).abs().max()) < 1e-9
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        d = diagnose(AutoEncoder.from_pretrained("demo"))
+    assert d.detail_ratio < 0.05 < 0.5 < d.fidelity_ratio
+
+
+@pytest.mark.parametrize(
+    ("change", "verdict", "reason"),
+    [
+        ({}, "ok", None),
+        ({"recon_psnr": 12.0}, "unfit", "does not reconstruct"),
+        ({"recon_psnr": 24.0}, "warn", "train longer"),
+        ({"fidelity_ratio": 0.1, "retention": 0.1}, "unfit", "barely see fidelity errors"),
+        ({"selectivity": 1.5}, "unfit", "like L1"),
+        ({"lr_psnr": 25.0}, "warn", "not the bicubic LR image"),
+        ({"colour_gains": {"y": 1.0, "cb": 0.1, "cr": 0.9}}, "warn", "Cb 0.10"),
+        ({"colour_gains": {"y": 0.5, "cb": 0.9, "cr": 0.9}}, "warn", "brightness"),
+    ],
+)
+def test_verdict_rules(change, verdict, reason):
+    from aesop_loss.diagnostics import _verdict
+
+    fields = {"recon_psnr": 30.0, "lr_psnr": 40.0, "detail_ratio": 0.01, "fidelity_ratio": 0.8,
+              "selectivity": 80.0, "retention": 0.8, "colour_gains": {"y": 1.0, "cb": 0.9, "cr": 0.9},
+              "images": 7}  # fmt: skip
+    d = Diagnosis(**{**fields, **change})  # type: ignore[arg-type]
+    got, reasons = _verdict(d, THRESHOLDS)
+    assert got == verdict
+    assert (reason is None and reasons == []) or any(reason in r for r in reasons)
+
+
+def test_diagnose_keeps_the_callers_mode_and_device():
+    ae = tiny_ae().train()
+    d = diagnose(ae, sample_images()[:2], size=64)
+    assert ae.training
+    assert d.images == 2
+    assert json.loads(d.to_json())["verdict"] == d.verdict
