@@ -1,15 +1,7 @@
-"""The AE pretraining loop behind ``python -m aesop_loss.pretrain --data DIV2K --out runs/ae``.
-
-Loss: ``L1(AE(HR), HR) + bottleneck_weight * L1(encode(HR), LR_bicubic)``; defaults are the paper's
-(Adam 1e-4, betas 0.9/0.99, EMA 0.999, crop 256, 100k steps). Runs on a CPU (a tiny AE trains in
-seconds), one GPU, or many with ``torchrun --nproc_per_node=N -m aesop_loss.pretrain ...`` (DDP is
-detected from the ``RANK`` / ``WORLD_SIZE`` variables: NCCL on CUDA, gloo on CPU).
-
-``--out DIR`` is a model folder after the first save (``config.json`` + ``model.safetensors`` of the
-EMA weights + model card), so ``AESOPLoss(ae=DIR)`` works on a finished or running run. The full
-training state goes to ``DIR/checkpoints/last.pt`` (atomically) every ``--save-every`` steps, and
-when Ctrl-C or SIGTERM stops the run: it finishes the current step, saves and exits (status 130; a
-second Ctrl-C aborts at once without saving). ``--resume`` continues a run exactly.
+"""The AE pretraining loop behind ``python -m aesop_loss.pretrain`` (``train.cli`` documents the
+command): ``train(cfg)`` claims the run folder, sets up DDP from ``RANK`` / ``WORLD_SIZE``, and runs
+``PretrainRun`` steps with EMA export, periodic atomic saves, validation, exact resume, a clean stop
+on Ctrl-C / SIGTERM or a non-finite loss, and the ``diagnose`` report at the end.
 """
 
 from __future__ import annotations
