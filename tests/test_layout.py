@@ -140,3 +140,31 @@ def test_pretrain_without_the_training_extra_says_how_to_install_it(tmp_path):
         'error: pretraining needs PIL, which the training extra installs: pip install "aesop-loss[train]"'
     ]
     assert not (tmp_path / "run").exists()
+
+
+def test_every_public_name_is_documented():
+    missing = []
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        lines = path.read_text().splitlines()
+        public = next(
+            (ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+             and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)),
+            [],
+        )  # fmt: skip
+        body = tree.body
+        for i, node in enumerate(body):
+            if isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name in public:
+                if not ast.get_docstring(node):
+                    missing.append(f"{_module_name(path)}.{node.name}")
+            elif isinstance(node, ast.Assign | ast.AnnAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names = [t.id for t in targets if isinstance(t, ast.Name) and t.id in public]
+                if not names:
+                    continue
+                after = body[i + 1] if i + 1 < len(body) else None
+                docstring = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                comment = lines[node.lineno - 2].lstrip().startswith("#") or "#" in lines[node.lineno - 1]
+                if not (docstring or comment):
+                    missing += [f"{_module_name(path)}.{n}" for n in names]
+    assert missing == []

@@ -87,6 +87,7 @@ class Thresholds:
 
 
 THRESHOLDS = Thresholds()
+"""The thresholds ``diagnose`` uses by default (justified in the README's "Is my AE any good?")."""
 
 
 @dataclasses.dataclass

@@ -59,7 +59,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
+"""A model folder's architecture file: the constructor arguments, plus ``architecture``."""
 WEIGHTS_NAME = "model.safetensors"
+"""A model folder's weights file."""
 CARD_NAME = "README.md"
 _DEMO_AE_DIR = Path(__file__).parent / "pretrained" / "demo"
 _FILE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")

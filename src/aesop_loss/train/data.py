@@ -83,6 +83,7 @@ DATASETS: dict[str, dict[str, RemoteArchive]] = {
         "hr": RemoteArchive("https://cv.snu.ac.kr/research/EDSR/Flickr2K.tar", "Flickr2K/Flickr2K_HR", 2650),
     },
 }
+"""The public datasets ``--data`` names, by part (``hr``, ``lr_x2``, ``lr_x4``, ``val``)."""
 DATASET_NAMES = ("DIV2K", "Flickr2K", "DF2K")
 
 
