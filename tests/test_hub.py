@@ -477,3 +477,30 @@ def test_hub_id_that_is_missing_says_the_local_path_is_missing_first():
         CheckpointError, match=r"^nobody/nothing: no such local file or folder; as a Hub repo"
     ):
         AutoEncoder.from_pretrained("nobody/nothing", local_files_only=True)
+
+
+_REFUSALS = {  # how torch.load(weights_only=True) words the refusal, by version (2.13 is also tested live)
+    "2.1-2.3": "Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` will "
+    "likely succeed, but it can result in arbitrary code execution.Do it only if you get the file from a "
+    "trusted source. WeightsUnpickler error: Unsupported class builtins.print",
+    "2.4-2.5": "Weights only load failed. ... WeightsUnpickler error: Unsupported global: GLOBAL "
+    "builtins.print was not an allowed global by default.",
+    "2.6+": "Weights only load failed. ...\n\nTrying to load unsupported GLOBAL posix.system whose module "
+    "posix is blocked.",
+}
+
+
+@pytest.mark.parametrize("version", list(_REFUSALS))
+def test_pickle_refusal_is_recognised_in_every_supported_torch_wording(tmp_path, monkeypatch, version):
+    import pickle
+
+    def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise pickle.UnpicklingError(_REFUSALS[version])
+
+    (tmp_path / "evil.pth").write_bytes(b"not read: torch.load is replaced")
+    monkeypatch.setattr(torch, "load", refuse)
+    shown = "posix.system" if version == "2.6+" else "builtins.print"
+    with pytest.raises(
+        CheckpointError, match=rf"refused for safety: it holds pickled Python objects \({shown}\)"
+    ):
+        AutoEncoder.from_pretrained(tmp_path / "evil.pth")
