@@ -141,8 +141,13 @@ class RunFolder:
             RunFolderError: See the class.
         """
         self.check()
-        self.path.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path / LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115 - held until release
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fh = open(self.path / LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115 - held until release
+        except OSError as exc:  # read-only storage, no permission, a full disk
+            raise RunFolderError(
+                f"--out {self.path}: cannot write there ({exc.strerror or exc}); choose a writable folder."
+            ) from None
         if not _try_lock(fh):
             fh.seek(0)
             holder = fh.read().strip() or "another process"
