@@ -133,13 +133,11 @@ def test_selectivity_separates_detail_from_error():
     ],
 )
 def test_verdict_rules(change, verdict, reason):
-    from aesop_loss.diagnostics import _verdict
-
     fields = {"recon_psnr": 30.0, "lr_psnr": 40.0, "detail_ratio": 0.01, "fidelity_ratio": 0.8,
               "selectivity": 80.0, "retention": 0.8, "colour_gains": {"y": 1.0, "cb": 0.9, "cr": 0.9},
               "images": 7}  # fmt: skip
     d = Diagnosis(**{**fields, **change})  # type: ignore[arg-type]
-    got, reasons = _verdict(d, THRESHOLDS)
+    got, reasons = THRESHOLDS.judge(d)
     assert got == verdict
     assert (reason is None and reasons == []) or any(reason in r for r in reasons)
 

@@ -85,6 +85,57 @@ class Thresholds:
     warn_colour_gain: float = 0.5
     warn_luma_gain: tuple[float, float] = (0.8, 1.25)
 
+    def judge(self, d: Diagnosis) -> tuple[str, list[str]]:
+        """The verdict on measurements: ``("ok" | "warn" | "unfit", reasons)``."""
+        unfit, warn = [], []
+        if not d.recon_psnr >= self.unfit_recon_psnr:
+            unfit.append(
+                f"reconstruction PSNR {d.recon_psnr:.1f} dB < {self.unfit_recon_psnr:g}: the AE does not "
+                "reconstruct its input (untrained, or trained on something else)"
+            )
+        elif d.recon_psnr < self.warn_recon_psnr:
+            warn.append(f"reconstruction PSNR {d.recon_psnr:.1f} dB < {self.warn_recon_psnr:g}: train longer")
+        if not d.retention >= self.unfit_retention:
+            unfit.append(
+                f"retention {d.retention:.2f} < {self.unfit_retention:g}: AESOP would barely see "
+                "fidelity errors"
+            )
+        elif d.retention < self.warn_retention:
+            warn.append(
+                f"retention {d.retention:.2f} < {self.warn_retention:g}: fidelity errors are under-weighted"
+            )
+        if not d.selectivity >= self.unfit_selectivity:
+            unfit.append(
+                f"selectivity {d.selectivity:.1f} < {self.unfit_selectivity:g}: AESOP would penalise "
+                "invented detail about as much as errors, like L1"
+            )
+        elif d.selectivity < self.warn_selectivity:
+            warn.append(
+                f"selectivity {d.selectivity:.1f} < {self.warn_selectivity:g}: detail is still penalised"
+            )
+        if d.lr_psnr < self.warn_lr_psnr:
+            warn.append(
+                f"bottleneck vs LR PSNR {d.lr_psnr:.1f} dB < {self.warn_lr_psnr:g}: the bottleneck is not "
+                "the bicubic LR image"
+            )
+        gains = d.colour_gains
+        low_colour = [
+            f"{k.capitalize()} {gains[k]:.2f}" for k in ("cb", "cr") if gains[k] < self.warn_colour_gain
+        ]
+        if low_colour:
+            warn.append(
+                f"colour gains {', '.join(low_colour)} < {self.warn_colour_gain:g}: colour errors are "
+                "under-weighted (pretrain with --color-jitter, or on more varied images)"
+            )
+        lo, hi = self.warn_luma_gain
+        if not lo <= gains["y"] <= hi:
+            warn.append(
+                f"Y gain {gains['y']:.2f} outside [{lo:g}, {hi:g}]: brightness errors are mis-weighted"
+            )
+        if unfit:
+            return "unfit", unfit + warn
+        return ("warn" if warn else "ok"), warn
+
 
 THRESHOLDS = Thresholds()
 """The thresholds ``diagnose`` uses by default (justified in the README's "Is my AE any good?")."""
@@ -291,7 +342,7 @@ def diagnose(
         colour_gains={k: v / n for k, v in gains.items()},
         images=n,
     )
-    diagnosis.verdict, diagnosis.reasons = _verdict(diagnosis, thresholds)
+    diagnosis.verdict, diagnosis.reasons = thresholds.judge(diagnosis)
     return diagnosis
 
 
@@ -304,39 +355,3 @@ def _crop(img: Tensor, size: int, scale: int) -> Tensor:
     top, left = (img.shape[-2] - h) // 2, (img.shape[-1] - w) // 2
     x = img[:, top : top + h, left : left + w]
     return (x.float() / 255 if not x.is_floating_point() else x.float())[None]
-
-
-def _verdict(d: Diagnosis, t: Thresholds) -> tuple[str, list[str]]:
-    unfit, warn = [], []
-    if not d.recon_psnr >= t.unfit_recon_psnr:
-        unfit.append(f"reconstruction PSNR {d.recon_psnr:.1f} dB < {t.unfit_recon_psnr:g}: the AE does not "
-                     "reconstruct its input (untrained, or trained on something else)")  # fmt: skip
-    elif d.recon_psnr < t.warn_recon_psnr:
-        warn.append(f"reconstruction PSNR {d.recon_psnr:.1f} dB < {t.warn_recon_psnr:g}: train longer")
-    if not d.retention >= t.unfit_retention:
-        unfit.append(
-            f"retention {d.retention:.2f} < {t.unfit_retention:g}: AESOP would barely see fidelity errors"
-        )
-    elif d.retention < t.warn_retention:
-        warn.append(f"retention {d.retention:.2f} < {t.warn_retention:g}: fidelity errors are under-weighted")
-    if not d.selectivity >= t.unfit_selectivity:
-        unfit.append(f"selectivity {d.selectivity:.1f} < {t.unfit_selectivity:g}: AESOP would penalise "
-                     "invented detail about as much as errors, like L1")  # fmt: skip
-    elif d.selectivity < t.warn_selectivity:
-        warn.append(f"selectivity {d.selectivity:.1f} < {t.warn_selectivity:g}: detail is still penalised")
-    if d.lr_psnr < t.warn_lr_psnr:
-        warn.append(f"bottleneck vs LR PSNR {d.lr_psnr:.1f} dB < {t.warn_lr_psnr:g}: the bottleneck is not "
-                    "the bicubic LR image")  # fmt: skip
-    low_colour = [f"{k.capitalize()} {d.colour_gains[k]:.2f}" for k in ("cb", "cr")
-                  if d.colour_gains[k] < t.warn_colour_gain]  # fmt: skip
-    if low_colour:
-        warn.append(f"colour gains {', '.join(low_colour)} < {t.warn_colour_gain:g}: colour errors are "
-                    "under-weighted (pretrain with --color-jitter, or on more varied images)")  # fmt: skip
-    lo, hi = t.warn_luma_gain
-    if not lo <= d.colour_gains["y"] <= hi:
-        warn.append(
-            f"Y gain {d.colour_gains['y']:.2f} outside [{lo:g}, {hi:g}]: brightness errors are mis-weighted"
-        )
-    if unfit:
-        return "unfit", unfit + warn
-    return ("warn" if warn else "ok"), warn
