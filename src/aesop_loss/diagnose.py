@@ -20,6 +20,7 @@ import torch
 from .archs import AutoEncoder
 from .cli import CLIError, run_cli
 from .diagnostics import diagnose
+from .train.config import check_device  # no Pillow needed: the flag checks of the training tool
 
 try:  # image folders are decoded with Pillow, which only the [train] extra installs
     from .train.data import DataError, list_images, load_image
@@ -61,14 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.size < 16:
         raise CLIError(f"--size {args.size}: expected an integer >= 16.")
-    try:
-        device = torch.device(args.device)
-    except (RuntimeError, ValueError):
-        raise CLIError(f"--device {args.device!r}: expected cpu, cuda or cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(f"--device {args.device}: no CUDA GPU is available here; use --device cpu.")
+    check_device(args.device)
     images = _images(args.images) if args.images else None
-    ae = AutoEncoder.from_pretrained(args.ae, device=device)
+    ae = AutoEncoder.from_pretrained(args.ae, device=args.device)
     try:
         result = diagnose(ae, images, size=args.size)
     except ValueError as exc:

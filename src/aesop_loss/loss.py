@@ -90,7 +90,7 @@ class AESOPLoss(nn.Module):
             the AE under autocast of that type; ``"auto"`` follows the caller's autocast.
             Distances are always accumulated in fp32.
         channels_last: Run the AE in channels-last memory format (converts the AE's weights in
-            place). Off by default: on a 2-core CPU it measured 0.87-0.92x the default's time at
+            place). Off by default: on a 2-core CPU it measured 0.85-0.90x the default's time at
             batch 1 (64^2-128^2) but 1.04x at batch 4 x 96^2, and it moves results by ~1e-5
             relative; on GPUs it is the format tensor cores want, but it is not measured there
             yet (``benchmarks/gpu_check.sh``), so it is not switched on by guess.
