@@ -106,47 +106,6 @@ def test_basicsr_plugin_smoke(tmp_path):
     assert all("Loaded the bundled demo AE" in line for line in warnings_seen), proc.stderr  # only that one
 
 
-@pytest.mark.filterwarnings("ignore:Loaded the bundled demo AE")
-def test_neosr_calling_convention():
-    # neosr: build from the registry, .to(device, memory_format=channels_last), then
-    # cri_pix(output, gt) under autocast; the result equals a plain fp32 call
-    import basicsr_plugin
-
-    registry = basicsr_plugin.StandInRegistry()
-    basicsr_plugin.register(registry)
-    opt = {"type": "AESOPLoss", "ae": "demo", "loss_weight": 0.5}
-    cri_pix = basicsr_plugin.build_loss(registry, opt).to("cpu", memory_format=torch.channels_last)
-    assert cri_pix.ae.decoder.conv_first.weight.is_contiguous(memory_format=torch.channels_last)
-    reference = AESOPLoss("demo", loss_weight=0.5)
-    output, gt = torch.rand(1, 3, 32, 32, requires_grad=True), torch.rand(1, 3, 32, 32)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = cri_pix(output, gt)
-    assert loss.dtype == torch.float32
-    assert torch.allclose(loss, reference(output, gt), rtol=1e-4)
-
-
-def test_basicsr_calling_convention():
-    import basicsr_plugin
-
-    registry = basicsr_plugin.StandInRegistry()
-    basicsr_plugin.register(registry)
-    opt = {"type": "AESOPLoss", "ae": "demo", "loss_weight": 0.5, "reduction": "sum"}
-    with pytest.warns(UserWarning, match="demo AE"):
-        loss_fn = basicsr_plugin.build_loss(registry, opt)
-    assert opt["type"] == "AESOPLoss"  # build_loss leaves the options alone
-    pred, target = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
-    weight = torch.rand(1, 1, 16, 16)
-    with torch.no_grad():
-        dist = (loss_fn.ae(pred) - loss_fn.ae(target)).abs()
-    assert loss_fn(pred, target, weight).item() == pytest.approx(0.5 * (dist * weight).sum().item(), rel=1e-5)
-    # a fork that already has a loss called AESOPLoss: register under another name
-    with pytest.raises(KeyError, match="already registered"):
-        basicsr_plugin.register(registry)
-    cls = basicsr_plugin.register(registry, name="AESOPLossRef")
-    assert issubclass(cls, AESOPLoss)
-    assert registry.get("AESOPLossRef") is cls
-
-
 def test_demo_ae_loads_offline_frozen_and_documented():
     with pytest.warns(UserWarning, match="handful of sample images"):
         ae = AutoEncoder.from_pretrained("demo")

@@ -32,6 +32,7 @@ __all__ = [
     "canonicalize_autoencoder",
     "canonicalize_rrdbnet",
     "read_state_dict",
+    "trainner_autoencoder_state_dict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -354,8 +355,7 @@ def canonicalize_autoencoder(
         >>> canonicalize_autoencoder(ae.state_dict())[1] == ae.config
         True
     """
-    decoder = {k[len("decoder.") :]: v for k, v in sd.items() if k.startswith("decoder.")}
-    if not decoder:
+    if not any(k.startswith("decoder.") for k in sd):
         hint = (
             " It looks like an RRDBNet generator: load it with RRDBNet.from_pretrained, or build an "
             "AE around it with AutoEncoder.from_decoder."
@@ -383,6 +383,9 @@ def canonicalize_autoencoder(
                 )
     if dropped and not has_encoder:
         logger.info("%s: bicubic-encoder AE; dropped %d unused encoder tensors", source, dropped)
+    if any(_TRAINNER_RDB.match(k) for k in out):
+        out = _from_trainner_autoencoder(out, source)
+    decoder = {k[len("decoder.") :]: v for k, v in out.items() if k.startswith("decoder.")}
     cfg = _infer_rrdbnet_config(decoder, f"{source} (decoder)")
     if cfg["scale"] not in (2, 4):
         raise CheckpointError(f"{source}: decoder scale {cfg['scale']} is not an AE scale (4 or 2).")
@@ -395,6 +398,159 @@ def canonicalize_autoencoder(
         "encoder": "learned" if has_encoder else "bicubic",
     }
     return out, config
+
+
+# traiNNer-redux's AE (traiNNer/archs/autoencoder_arch.py) has the reference's module layout with
+# spandrel's RRDB blocks in the encoder (``RDBk.convM.0``) and any registered generator as decoder.
+_TRAINNER_RDB = re.compile(r"^encoder\.2\.(\d+)\.RDB([123])\.conv([1-5])\.0\.(weight|bias)$")
+_OUR_ENCODER_RDB = re.compile(r"^encoder\.2\.(\d+)\.rdb([123])\.conv([1-5])\.(weight|bias)$")
+_ESRGAN_GROWTH = 32  # spandrel's RRDB blocks (both of traiNNer-redux's AE parts) fix the growth at 32
+
+
+def _name_generator(sd: Mapping[str, Tensor]) -> str:
+    """A readable name for the generator a state dict holds, for error messages."""
+    if "model.0.weight" in sd or "conv_first.weight" in sd:
+        return "an RRDB (ESRGAN) generator"
+    prelu = [k for k in sd if re.fullmatch(r"body\.\d+\.weight", k) and sd[k].ndim == 1]
+    if "body.0.weight" in sd and prelu:
+        return "SRVGGNetCompact (traiNNer-redux's 'compact')"
+    return f"an architecture aesop-loss does not implement (keys {_listing(sorted(sd), 3)})"
+
+
+def _unshuffle_order(channels: int) -> Tensor:
+    """Channel order of the trunk after ``pixel_unshuffle(2)`` twice, in terms of ``pixel_unshuffle(4)``.
+
+    Both give the same values in another channel order: channel ``k`` of the first (the authors'
+    encoder, this package's) is channel ``order[k]`` of the second (traiNNer-redux's encoder).
+
+    Examples:
+        >>> import torch.nn.functional as F
+        >>> x = torch.rand(1, 2, 8, 8)
+        >>> once, twice = F.pixel_unshuffle(x, 4), F.pixel_unshuffle(F.pixel_unshuffle(x, 2), 2)
+        >>> torch.equal(twice, once[:, _unshuffle_order(2)])
+        True
+    """
+    x = torch.arange(channels * 16).reshape(1, channels, 4, 4)
+    once = torch.nn.functional.pixel_unshuffle(x, 4).flatten()
+    twice = torch.nn.functional.pixel_unshuffle(torch.nn.functional.pixel_unshuffle(x, 2), 2).flatten()
+    return torch.argsort(once)[twice]
+
+
+def _reorder_encoder_trunk(sd: Mapping[str, Tensor], order: Tensor) -> StateDict:
+    """Re-express the encoder's trunk (its RRDBs and the first head conv) in another channel order.
+
+    Every conv that reads trunk features gets its first ``num_feat`` input channels reordered and
+    every conv that writes them (each dense block's ``conv5``) its output channels, so the network
+    computes the same function on inputs whose trunk channels are reordered by ``order``.
+    """
+    feat = len(order)
+    out = dict(sd)
+    for key, value in sd.items():
+        m = _OUR_ENCODER_RDB.match(key)
+        if m is None and key != "encoder.3.0.weight":
+            continue
+        if value.ndim == 4:  # reads the trunk in its first `feat` input channels
+            value = torch.cat([value[:, :feat].index_select(1, order), value[:, feat:]], 1)
+        if m is not None and m.group(3) == "5":  # writes the trunk
+            value = value.index_select(0, order)
+        out[key] = value.contiguous()
+    return out
+
+
+def _from_trainner_autoencoder(sd: Mapping[str, Tensor], source: str) -> StateDict:
+    """traiNNer-redux AE (aliases already dropped) -> this package's names, decoder canonicalised."""
+    encoder: StateDict = {}
+    decoder: StateDict = {}
+    for key, value in sd.items():
+        if key.startswith("decoder."):
+            decoder[key[len("decoder.") :]] = value
+        elif m := _TRAINNER_RDB.match(key):
+            block, rdb, conv, kind = m.groups()
+            encoder[f"encoder.2.{block}.rdb{rdb}.conv{conv}.{kind}"] = value
+        else:
+            encoder[key] = value
+    kind = _name_generator(decoder)
+    if not kind.startswith("an RRDB"):
+        raise CheckpointError(
+            f"{source}: a traiNNer-redux AE whose decoder is {kind}; aesop-loss reads AEs with an "
+            "RRDB (ESRGAN) decoder only."
+        )
+    decoder, config = canonicalize_rrdbnet(decoder, source=f"{source} (decoder)")
+    if config["scale"] == 4:  # traiNNer-redux unshuffles by 4 at once, the authors by 2 twice
+        encoder = _reorder_encoder_trunk(encoder, _unshuffle_order(config["num_feat"] // 16))
+    return {**encoder, **{f"decoder.{k}": v for k, v in decoder.items()}}
+
+
+def _to_original_esrgan(sd: Mapping[str, Tensor], num_block: int) -> StateDict:
+    """BasicSR ``RRDBNet`` names -> the original ESRGAN ``model.N`` names (spandrel's ESRGAN)."""
+    tail = {"conv_first": "model.0", "conv_body": f"model.1.sub.{num_block}", "conv_up1": "model.3",
+            "conv_up2": "model.6", "conv_hr": "model.8", "conv_last": "model.10"}  # fmt: skip
+    out: StateDict = {}
+    for key, value in sd.items():
+        if m := re.fullmatch(r"body\.(\d+)\.rdb(\d)\.conv(\d)\.(weight|bias)", key):
+            block, rdb, conv, kind = m.groups()
+            out[f"model.1.sub.{block}.RDB{rdb}.conv{conv}.0.{kind}"] = value
+        else:
+            name, _, kind = key.rpartition(".")
+            out[f"{tail[name]}.{kind}"] = value
+    return out
+
+
+def trainner_autoencoder_state_dict(sd: Mapping[str, Tensor], config: Mapping[str, Any]) -> StateDict:
+    """An ``AutoEncoder`` state dict in traiNNer-redux's AE layout (``pretrain_network_ae``).
+
+    traiNNer-redux's ``AutoEncoder`` registers its encoder parts twice (``conv_first`` / ``body`` /
+    ``conv_last`` and ``encoder.0`` / ``.2`` / ``.3``, so both are written, as separate tensors),
+    uses spandrel's RRDB blocks, unshuffles by 4 at once (the trunk's channels are reordered to
+    match), and builds its decoder as spandrel's ESRGAN (``model.N`` names). Reading the result
+    back with ``canonicalize_autoencoder`` gives ``sd`` exactly.
+
+    Args:
+        sd: An ``AutoEncoder`` state dict (this package's names).
+        config: Its ``AutoEncoder.config``.
+
+    Returns:
+        The state dict in traiNNer-redux's layout.
+
+    Raises:
+        CheckpointError: The AE has no traiNNer-redux equivalent (bicubic encoder, growth other
+            than 32, not 3 channels).
+
+    Examples:
+        >>> from aesop_loss import AutoEncoder
+        >>> ae = AutoEncoder(num_feat=16, num_block=1, num_grow_ch=32)
+        >>> sd = trainner_autoencoder_state_dict(ae.state_dict(), ae.config)
+        >>> back, config = canonicalize_autoencoder(sd)
+        >>> config == ae.config, all(torch.equal(back[k], v) for k, v in ae.state_dict().items())
+        (True, True)
+    """
+    problems = []
+    if config["encoder"] != "learned":
+        problems.append("its encoder is the bicubic ablation (traiNNer-redux's AE has a learned one)")
+    if config["num_grow_ch"] != _ESRGAN_GROWTH:
+        problems.append(f"num_grow_ch={config['num_grow_ch']} (traiNNer-redux's RRDB blocks fix it at 32)")
+    if config["num_in_ch"] != 3:
+        problems.append(f"num_in_ch={config['num_in_ch']} (traiNNer-redux's AE is RGB)")
+    if problems:
+        raise CheckpointError("this AE has no traiNNer-redux equivalent: " + "; ".join(problems) + ".")
+    ours = dict(sd)
+    if config["scale"] == 4:
+        ours = _reorder_encoder_trunk(ours, torch.argsort(_unshuffle_order(config["num_feat"] // 16)))
+    out: StateDict = {}
+    decoder: StateDict = {}
+    for key, value in ours.items():
+        if key.startswith("decoder."):
+            decoder[key[len("decoder.") :]] = value
+            continue
+        if m := _OUR_ENCODER_RDB.match(key):
+            block, rdb, conv, kind = m.groups()
+            key = f"encoder.2.{block}.RDB{rdb}.conv{conv}.0.{kind}"
+        out[key] = value.contiguous()
+        alias = next(a for a, twin in _REFERENCE_ENCODER_ALIASES.items() if key.startswith(twin))
+        out[alias + key[len(_REFERENCE_ENCODER_ALIASES[alias]) :]] = value.clone().contiguous()
+    for key, value in _to_original_esrgan(decoder, config["num_block"]).items():
+        out[f"decoder.{key}"] = value.contiguous()
+    return out
 
 
 def _listing(names: list[str], limit: int = 6) -> str:

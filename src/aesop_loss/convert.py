@@ -12,6 +12,11 @@ of that layout) with ``weights_only=True``, removes the duplicated encoder keys,
 before it reports success, that the written folder reproduces the source model's output on a random
 input exactly.
 
+``--to trainner`` instead writes one ``.safetensors`` file in traiNNer-redux's AE layout (its
+``pretrain_network_ae``; SRC may then be anything ``AutoEncoder.from_pretrained`` reads, ``demo``
+included), checks that reading it back gives the source's weights exactly, and prints the options
+that use it. Such an OUT must not exist; ``--overwrite`` replaces only a file this tool wrote.
+
 OUT must be a new or empty folder; ``--overwrite`` lets it replace the model folder's own three
 files in an existing OUT (nothing else there is touched). OUT may never be the current folder, a
 folder that holds SRC, or a folder inside SRC. The files are written to a staging folder beside OUT
@@ -29,13 +34,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-from ._io import sha256_file
+from ._io import atomic_path, sha256_file
 from .archs import AutoEncoder
+from .checkpoints import canonicalize_autoencoder, trainner_autoencoder_state_dict
 from .cli import CLIError, run_cli
 from .hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, push_folder_to_hub
 
-__all__ = ["console_main", "convert", "main"]
+__all__ = ["console_main", "convert", "main", "to_trainner", "trainner_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +134,87 @@ def convert(
     return converted
 
 
+# Recorded in the header of the traiNNer-redux files this tool writes: --overwrite replaces only those.
+_TRAINNER_MARK = {"aesop_loss_layout": "traiNNer-redux AutoEncoder"}
+
+
+def _written_by_us(path: Path) -> bool:
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+    except Exception:  # not a safetensors file at all: certainly not ours
+        return False
+    return all(metadata.get(k) == v for k, v in _TRAINNER_MARK.items())
+
+
+def trainner_options(ae: AutoEncoder, path: str | Path) -> str:
+    """The traiNNer-redux options that use an AE written by ``to_trainner`` (YAML, as text)."""
+    decoder = f"{{type: esrgan, num_filters: {ae.num_feat}, num_blocks: {ae.num_block}}}"
+    lines = [
+        "# traiNNer-redux, under train: losses: (its own AESOP loss)",
+        "- type: aesoploss",
+        "  loss_weight: 1.0",
+        f"  scale: {ae.scale}",
+        f"  pretrain_network_ae: {path}",
+        f"  decoder_opt: {decoder}",
+        "  criterion: l1            # the paper's distance (traiNNer-redux's default: charbonnier)",
+        "# or, to pretrain it further with traiNNer-redux's AE model:",
+        f"# network_ae: {{type: autoencoder, nf: {ae.num_feat}, decoder_opt: {decoder}}}",
+        f"# path: {{pretrain_network_ae: {path}}}",
+    ]
+    if ae.num_feat != 64:
+        lines.insert(
+            1,
+            f"# note: this AE has nf={ae.num_feat}; traiNNer-redux's aesoploss builds its encoder with "
+            "nf=64, so only its AE model (network_ae with nf) reads this file",
+        )
+    return "\n".join(lines)
+
+
+def to_trainner(src: str | os.PathLike[str], out_file: str | Path, *, overwrite: bool = False) -> AutoEncoder:
+    """Write an AE as one traiNNer-redux ``pretrain_network_ae`` file and verify it reads back exactly.
+
+    Args:
+        src: Anything ``AutoEncoder.from_pretrained`` reads (folder, file, Hub id, ``"demo"``).
+        out_file: The ``.safetensors`` file to write; it must not exist, unless ``overwrite`` and
+            it is a file this function wrote.
+        overwrite: Allow replacing a file this function wrote before.
+
+    Returns:
+        The source autoencoder.
+
+    Raises:
+        CLIError: ``out_file`` is not allowed, or the file does not read back to the same weights.
+        CheckpointError: ``src`` is unreadable or has no traiNNer-redux equivalent.
+    """
+    out_file = Path(out_file)
+    if out_file.suffix != ".safetensors":
+        raise CLIError(f"OUT {out_file} must be a .safetensors file (traiNNer-redux's pretrain_network_ae).")
+    if out_file.is_dir():
+        raise CLIError(f"OUT {out_file} is a folder; name a .safetensors file to write.")
+    if out_file.is_symlink() or (out_file.exists() and not (overwrite and _written_by_us(out_file))):
+        why = "pass --overwrite to replace it" if not overwrite else "it was not written by this tool"
+        raise CLIError(f"OUT {out_file} exists and is left alone ({why}); name a new file.")
+    source = AutoEncoder.from_pretrained(src)
+    if os.fspath(src) != "demo" and Path(src).resolve() == out_file.resolve():
+        raise CLIError(f"OUT {out_file} is the source; name a new file.")
+    tensors = trainner_autoencoder_state_dict(source.state_dict(), source.config)
+    with atomic_path(out_file) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", **_TRAINNER_MARK})
+        back, config = canonicalize_autoencoder(load_file(str(tmp)), source=str(out_file))
+        expected = source.state_dict()
+        if (
+            config != source.config
+            or set(back) != set(expected)
+            or not all(torch.equal(back[k], v) for k, v in expected.items())
+        ):
+            raise CLIError(
+                f"{src}: the traiNNer-redux file does not read back to the same weights; nothing written."
+            )
+    logger.info("wrote %s (traiNNer-redux AE layout, %d tensors)", out_file, len(tensors))
+    return source
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m aesop_loss.convert SRC OUT [--overwrite] [--push-to-hub REPO_ID]``; returns 0.
 
@@ -136,8 +225,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("src", type=Path, help="the source checkpoint (.pth or .safetensors)")
-    parser.add_argument("out_dir", type=Path, help="the model folder to write (new or empty)")
+    parser.add_argument(
+        "src",
+        help="the source checkpoint (.pth or .safetensors; with --to trainner also a folder, Hub id, demo)",
+    )
+    parser.add_argument(
+        "out_dir",
+        type=Path,
+        help="the model folder to write (new or empty); with --to trainner a .safetensors file",
+    )
+    parser.add_argument(
+        "--to",
+        choices=("folder", "trainner"),
+        default="folder",
+        help="folder: this package's model folder (default); trainner: one traiNNer-redux AE file",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -147,8 +249,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--license", default="other", help="license id for the model card (default: other)")
     parser.add_argument("--training-data", help="training data, for the model card (e.g. 'DF2K')")
     args = parser.parse_args(argv)
+    if args.to == "trainner":
+        if args.push_to_hub:
+            raise CLIError("--push-to-hub publishes model folders; it does not combine with --to trainner.")
+        ae = to_trainner(args.src, args.out_dir, overwrite=args.overwrite)
+        print(trainner_options(ae, args.out_dir))
+        return 0
     card = {"license": args.license, "training_data": args.training_data}
-    convert(args.src, args.out_dir, overwrite=args.overwrite, **card)
+    convert(Path(args.src), args.out_dir, overwrite=args.overwrite, **card)
     if args.push_to_hub:
         logger.info("pushed: %s", push_folder_to_hub(args.out_dir, args.push_to_hub))
     return 0

@@ -9,10 +9,11 @@ the LR image cannot determine, which a plain L1 loss blurs away.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import warnings
 from collections.abc import Callable
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -70,7 +71,9 @@ class AESOPLoss(nn.Module):
         ae: The pretrained autoencoder, or anything ``AutoEncoder.from_pretrained`` reads (Hub id,
             folder, ``.safetensors``, the authors' ``.pth``, ``"demo"``).
         criterion: Distance in AE space: ``"l1"`` (the paper), ``"l2"`` or ``"charbonnier"``.
-        loss_weight: Multiplies the result (BasicSR's ``loss_weight``, applied inside).
+        loss_weight: Multiplies the result (BasicSR's ``loss_weight``, applied inside; see
+            ``unweighted`` for frameworks that apply it themselves). Must be finite; a negative
+            weight gets a warning (it maximises the distance).
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (the element-wise map).
         space: ``"ae"`` (the paper: distance of decoder outputs) or ``"bottleneck"`` (the
             reference's ablation: distance of the encoder's LR-sized bottlenecks).
@@ -123,6 +126,9 @@ class AESOPLoss(nn.Module):
     """
 
     _net: Callable[[Tensor], Tensor]  # the AE (or encoder) pass, compiled or not
+    # Whether a negative loss_weight has a meaning here (traiNNer-redux's adapter: bicubic target);
+    # for this class it is gradient ascent, which gets a warning.
+    _negative_weight_ok: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -175,7 +181,7 @@ class AESOPLoss(nn.Module):
             )
         self.ae = ae.requires_grad_(False).eval()
         self.criterion = criterion
-        self.loss_weight = float(loss_weight)
+        self.loss_weight = _check_loss_weight(loss_weight, negative_ok=self._negative_weight_ok)
         self.reduction: Reduction = reduction
         self.space: Space = space
         self.as_loss_map = as_loss_map
@@ -254,6 +260,28 @@ class AESOPLoss(nn.Module):
             A scalar, or the weighted element-wise map for ``reduction="none"``, times
             ``loss_weight``.
         """
+        return self.unweighted(sr, hr, weight) * self.loss_weight
+
+    def unweighted(self, sr: Tensor, hr: Tensor, weight: Tensor | None = None) -> Tensor:
+        """The loss without ``loss_weight``: for frameworks that apply the weight themselves.
+
+        Args:
+            sr: Super-resolved images, as in ``forward``.
+            hr: Ground truth, as in ``forward``.
+            weight: Optional element-wise weight, as in ``forward``.
+
+        Returns:
+            ``forward(sr, hr, weight) / loss_weight``, computed without the division.
+
+        Examples:
+            >>> from aesop_loss import AESOPLoss, AutoEncoder
+            >>> ae = AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8)
+            >>> ae.is_pretrained = True
+            >>> loss = AESOPLoss(ae, loss_weight=0.5)
+            >>> sr, hr = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+            >>> bool(torch.allclose(loss(sr, hr), 0.5 * loss.unweighted(sr, hr)))
+            True
+        """
         param = next(self.ae.parameters())
         self._validate(sr, hr, param)
         device_type = sr.device.type
@@ -273,7 +301,7 @@ class AESOPLoss(nn.Module):
             dist = _distance(self.criterion, pred.to(acc), target.to(acc), self.eps)
         if weight is not None:
             _check_weight(weight, dist)
-        return _weighted_reduce(dist, weight, self.reduction) * self.loss_weight
+        return _weighted_reduce(dist, weight, self.reduction)
 
     def _validate(self, sr: Tensor, hr: Tensor, param: Tensor) -> None:
         for name, x in (("sr", sr), ("hr", hr)):
@@ -331,6 +359,24 @@ class AESOPLoss(nn.Module):
                         f"AESOPLoss: {name} values span [{lo:.3g}, {hi:.3g}], expected [0, 1]; "
                         "scale [0, 255] images by 1/255 and [-1, 1] images by (x + 1) / 2."
                     )
+
+
+def _check_loss_weight(loss_weight: float, *, negative_ok: bool) -> float:
+    try:
+        value = float(loss_weight)
+    except (TypeError, ValueError):
+        raise TypeError(f"AESOPLoss: loss_weight must be a number, got {loss_weight!r}.") from None
+    if not math.isfinite(value):
+        raise ValueError(f"AESOPLoss: loss_weight must be finite, got {value}; use e.g. loss_weight=1.0.")
+    if value < 0 and not negative_ok:
+        warnings.warn(
+            f"AESOPLoss: loss_weight={value} is negative, so minimising the total loss pushes the SR "
+            "output away from the ground truth (gradient ascent); use a positive weight unless that "
+            "is what you mean.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return value
 
 
 def _check_weight(weight: Tensor, dist: Tensor) -> None:

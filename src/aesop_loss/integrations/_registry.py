@@ -1,0 +1,39 @@
+"""Registering a loss class in a framework's registry under a given name, refusing a taken name."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from ..loss import AESOPLoss
+
+L = TypeVar("L", bound=AESOPLoss)
+
+
+def _registered(registry: Any, name: str) -> bool:
+    """Whether ``registry.get(name)`` finds something (every framework's registry has ``get``)."""
+    try:
+        registry.get(name)
+    except KeyError:
+        return False
+    return True
+
+
+def register_as(registry: Any, cls: type[L], name: str, *, framework: str) -> type[L]:
+    """Register ``cls`` (or a subclass of it named ``name``) in ``registry`` and return what was registered.
+
+    The registries of BasicSR, neosr and traiNNer-redux register a class under its ``__name__``
+    (traiNNer-redux lower-cased), so another name needs a subclass of that name.
+
+    Raises:
+        ValueError: The registry already holds something under ``name`` (as its ``get`` sees it).
+    """
+    if not name.isidentifier():
+        raise ValueError(f"{framework}: {name!r} is not a valid loss type name (letters, digits, '_').")
+    if _registered(registry, name):
+        raise ValueError(
+            f"{framework}'s LOSS_REGISTRY already has a loss named {name!r}; register this one under "
+            f"another name (register(name=...)) and use that name as the option's type."
+        )
+    target = cls if name == cls.__name__ else type(name, (cls,), {"__module__": cls.__module__})
+    registry.register(target)
+    return target
