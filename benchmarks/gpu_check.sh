@@ -13,6 +13,7 @@ python -m pytest -q -m cuda tests 2>&1 | tee "$out/cuda-tests.txt"
 python benchmarks/bench_loss.py --gpu-defaults --compile --fidelity 2>&1 | tee "$out/bench_loss.txt"
 python benchmarks/bench_memory.py --device cuda --batch 1 --crop 256 2>&1 | tee "$out/bench_memory_b1.txt"
 python benchmarks/bench_memory.py --device cuda --batch 16 --crop 256 2>&1 | tee "$out/bench_memory_b16.txt"
+python benchmarks/bench_compact.py --device cuda 2>&1 | tee "$out/bench_compact.txt"
 python benchmarks/bench_pretrain.py --paper --device cuda --batch-size 16 --crop 256 --amp bf16 2>&1 \
   | tee "$out/bench_pretrain.txt"
 { time python examples/quickstart.py --out "$out/quickstart.png"; } 2>&1 | tee "$out/quickstart.txt"

@@ -95,7 +95,7 @@ def save_labelled(panels: dict[str, Tensor], path: Path) -> None:
     for i, label in enumerate(panels):
         draw.text((i * width + 4, 3), label, fill=(255, 255, 255))  # Pillow's built-in font
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    canvas.save(path, format="PNG")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,12 +22,12 @@ import json
 import logging
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -51,6 +51,8 @@ from aesop_loss.train import (
     load_image,
     prepare_data,
 )
+
+from quickstart import save_labelled  # the labelled picture of examples/quickstart.py, beside this file
 
 HERE = Path(__file__).parent
 logger = logging.getLogger("train_esrgan")
@@ -160,14 +162,17 @@ def validate(
     return {k: sum(v) / len(v) for k, v in scores.items()}
 
 
-def save_grid(g: nn.Module, pairs: list[tuple[Tensor, Tensor]], device: torch.device, path: Path) -> None:
+def save_grid(
+    g: nn.Module, pairs: list[tuple[Tensor, Tensor]], device: torch.device, path: Path, step: int
+) -> None:
+    """LR (bicubic x4) | the generator's SR | HR, each under its label, written atomically."""
     hr, lr = pairs[0]
     with torch.no_grad():
         sr = g(lr.to(device)).clamp(0, 1).cpu()
     bicubic = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
-    grid = torch.cat([bicubic, sr, hr], dim=-1)[0]
+    panels = {"LR, bicubic x4": bicubic, f"SR, step {step} (EMA)": sr, "HR (ground truth)": hr}
     with atomic_path(path) as tmp:
-        Image.fromarray((grid * 255).round().byte().permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+        save_labelled(panels, tmp)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--amp", choices=tuple(AMP_DTYPES), default="none")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--out", type=Path, default=Path("runs/esrgan"))
+    p.add_argument(
+        "--out", type=Path, default=None, help="run folder (default: runs/esrgan; --smoke: a new temp folder)"
+    )
     p.add_argument("--val-every", type=int, default=5000)
     p.add_argument("--save-every", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
@@ -202,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         args.num_feat, args.num_block, args.batch_size, args.crop = 16, 1, 2, 64
         args.workers, args.val_every, args.save_every = 0, 2, 2
     args.steps = args.steps or (2 if args.smoke else 400_000)
+    if args.out is None:  # a smoke run writes to a folder of its own, so it runs any number of times
+        args.out = Path(tempfile.mkdtemp(prefix="aesop-esrgan-smoke-")) if args.smoke else Path("runs/esrgan")
     check_flags(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # --out must be new, empty, or this script's own run; one run at a time (see aesop_loss.train.runs)
@@ -346,7 +355,7 @@ def train(args: argparse.Namespace, folder: RunFolder) -> int:
                 scores["ae_psnr"],
                 scores["lr_psnr"],
             )
-            save_grid(g_ema, val, device, args.out / f"samples_{step:07d}.png")
+            save_grid(g_ema, val, device, args.out / f"samples_{step:07d}.png", step)
         if step % args.save_every == 0 or step == args.steps:
             save(step)
 
@@ -363,7 +372,7 @@ def train(args: argparse.Namespace, folder: RunFolder) -> int:
                     raise KeyboardInterrupt
     finally:
         log.close()
-    logger.info("done: %s", args.out / "generator")
+    logger.info("done: %s (samples and metrics.jsonl beside it)", args.out / "generator")
     return 0
 
 

@@ -58,6 +58,7 @@ def test_reference_checkpoint_config_and_dedup():
         "num_grow_ch": 8,
         "scale": 4,
         "encoder": "learned",
+        "decoder": "rrdb",
     }
     assert not any(k.startswith(("conv_first.", "body.", "conv_last.")) for k in sd)
     ae = AutoEncoder(**config)

@@ -51,3 +51,20 @@ def test_bench_pretrain_prints_step_and_loader_rates():
                "--loader-batches", "2", "--device", "cpu")  # fmt: skip
     assert re.search(r"train step: \d+\.\d\d steps/s, \d+\.\d images/s", out)
     assert re.search(r"data pipeline,\s+0 workers:\s+\d+\.\d images/s\s+\((keeps up|data-bound)\)", out)
+
+
+def test_bench_compact_prints_cost_ratios_against_the_paper_ae():
+    out = _run(
+        "bench_compact.py", "--shapes", "1x32", "--repeats", "1", "--only", "compact 32/16 (demo-compact)"
+    )
+    macs = re.search(r"paper AE \(rrdb 64/23/32\)\s+[\d.]+M\s+([\d.]+)M\s+1\.000", out)
+    assert macs, out
+    assert float(macs.group(1)) > 10  # about 19 M multiply-adds per LR pixel
+    compact = re.search(r"compact 32/16 \(demo-compact\)\s+[\d.]+M\s+[\d.]+M\s+(0\.\d{3})", out)
+    assert compact, out
+    assert float(compact.group(1)) < 0.1
+    rows = re.findall(
+        r"1x32\^2\s+(paper AE|compact 32/16).*?([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, re.M
+    )
+    assert [r[0] for r in rows] == ["paper AE", "compact 32/16"]
+    assert rows[0][2] == "1.000"  # the baseline's own ratio

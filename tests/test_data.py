@@ -390,3 +390,15 @@ def test_workers_leave_stop_signals_to_the_training_process():
         _SignalHandlers(), batch_size=None, num_workers=1, worker_init_fn=ignore_stop_signals
     )
     assert [tuple(flags) for flags in loader] == [(True, True)]  # both ignored inside the worker
+
+
+@pytest.mark.parametrize("level", [0.5, 128.5, 254.5])  # halves whose even neighbour is below
+def test_make_lr_rounds_halves_away_from_zero_like_matlab(level):
+    hr = torch.full((3, 16, 16), level / 255, dtype=torch.float64)  # every LR value is exactly level
+    assert (imresize(hr * 255, 1 / 2) == level).all()
+    lr = make_lr(hr, 2) * 255
+    assert (lr == level + 0.5).all()  # MATLAB's uint8(): 128.5 -> 129
+    assert torch.tensor(level).round() == level - 0.5  # torch.round: half to even, 128.5 -> 128
+    photo = torch.rand(3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    exact = imresize(photo * 255, 1 / 2).clamp(0, 255)
+    assert torch.equal(make_lr(photo, 2) * 255, torch.floor(exact + 0.5))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -20,7 +21,8 @@ from aesop_loss.resize import imresize
 from conftest import IMAGES, TINY, tiny_ae
 
 FIELDS = ["recon_psnr", "lr_psnr", "detail_ratio", "fidelity_ratio", "selectivity", "retention",
-          "colour_gains", "images", "verdict", "reasons"]  # fmt: skip
+          "colour_gains", "images", "tiles", "recon_psnr_per_image", "teacher_grad_cosine",
+          "teacher_loss_ratio", "verdict", "reasons"]  # fmt: skip
 
 
 def _json(capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
@@ -73,7 +75,8 @@ def test_table_output_and_images_folder(tmp_path, capsys):
             "colour gains", "verdict: ")  # fmt: skip
     for row in rows:
         assert row in out
-    assert "(2 images)" in out
+    assert re.search(r"verdict: \w+ \(2 images, \d+ tiles\)", out)  # tiles cover each whole photo
+    assert "(images " in out  # the spread across images
 
 
 @pytest.mark.parametrize(
@@ -148,3 +151,57 @@ def test_diagnose_keeps_the_callers_mode_and_device():
     assert ae.training
     assert d.images == 2
     assert json.loads(d.to_json())["verdict"] == d.verdict
+
+
+def test_tiles_cover_a_large_image_and_are_repeatable():
+    import random
+
+    from aesop_loss.diagnostics import _tiles
+
+    img = torch.arange(3 * 200 * 300, dtype=torch.float64).reshape(3, 200, 300)  # each pixel: its index
+    every = _tiles(img, 128, 4, 64, random.Random(0))
+    assert len(every) == 6  # a 2 x 3 grid of 128^2 tiles covers 200 x 300
+    seen = torch.zeros(200, 300, dtype=torch.bool)
+    for tile in every:
+        top, left = divmod(int(tile[0, 0, 0, 0]), 300)
+        seen[top : top + 128, left : left + 128] = True
+    assert seen.all()
+    four = [t[0, 0, 0, 0].item() for t in _tiles(img, 128, 4, 4, random.Random(0))]
+    assert len(four) == 4
+    assert four == [t[0, 0, 0, 0].item() for t in _tiles(img, 128, 4, 4, random.Random(0))]
+
+
+@pytest.mark.filterwarnings("ignore:Loaded the bundled demo AE")
+def test_the_verdict_does_not_move_with_the_tile_size():
+    ae = AutoEncoder.from_pretrained("demo")
+    by_size = {size: diagnose(ae, size=size) for size in (64, 128)}
+    assert {d.verdict for d in by_size.values()} == {"warn"}
+    recon = [d.recon_psnr for d in by_size.values()]
+    assert max(recon) - min(recon) < 1.0  # tiles cover the same pixels at every size
+    assert by_size[64].tiles == 28
+    assert by_size[128].tiles == 7
+
+
+def test_report_columns_and_rounding_against_the_thresholds():
+    d = Diagnosis(recon_psnr=25.96, lr_psnr=40.0, detail_ratio=0.01, fidelity_ratio=0.195, selectivity=19.5,
+                  retention=0.195, colour_gains={"y": 1.0, "cb": -0.004, "cr": -0.001}, images=2, tiles=3,
+                  recon_psnr_per_image=[25.0, 26.92])  # fmt: skip
+    d.verdict, d.reasons = THRESHOLDS.judge(d)
+    table = d.table()
+    assert "retention 0.195 < 0.2" in table
+    assert "reconstruction PSNR 25.96 dB < 26" in table
+    assert "25.96 dB (images 25.0-26.9)" in table
+    assert "verdict: unfit (2 images, 3 tiles)" in table
+    for line in table.splitlines()[:6]:  # every value is followed by at least two spaces
+        assert re.match(r"^[a-zA-Z ]+\S.*\S {2,}\S", line), line
+
+
+@pytest.mark.filterwarnings("ignore:Loaded the bundled demo AE")
+def test_the_command_shows_progress_and_starts_the_report_on_its_own_line(monkeypatch, capsys):
+    import aesop_loss.diagnose as command
+
+    monkeypatch.setattr(command._Progress, "__init__", lambda self, after=0.0: setattr(self, "shown", True))
+    assert run_cli(main, ["demo", "--size", "64", "--tiles", "1"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.endswith("diagnose: 7/7 images measured\n")
+    assert captured.out.startswith("AE: demo\n")

@@ -56,15 +56,33 @@ def test_quickstart_smoke_writes_a_labelled_picture_beside_itself(tmp_path):
     assert "trained with AESOP" in out
 
 
-def test_train_esrgan_smoke(tmp_path):
-    _run("train_esrgan.py", "--smoke", "--device", "cpu", "--out", "run", cwd=tmp_path)
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert records[-1]["step"] == 2
-    assert {"psnr", "ae_psnr", "lr_psnr", "l_pix", "l_gan"} <= set(records[-1])
-    assert (tmp_path / "run" / "samples_0000002.png").is_file()
+def test_train_esrgan_smoke_runs_twice_into_its_own_folders_with_labelled_samples(tmp_path):
+    import re
+    import shutil
+
+    from PIL import Image
+
     from aesop_loss import RRDBNet
 
-    assert RRDBNet.from_pretrained(tmp_path / "run" / "generator").config["num_feat"] == 16
+    outs = []
+    for _ in range(2):  # no --out: each smoke run takes a new temporary folder
+        err = _run("train_esrgan.py", "--smoke", "--device", "cpu", cwd=tmp_path).stderr
+        outs.append(Path(re.search(r"done: (\S+)/generator", err).group(1)))
+    assert outs[0] != outs[1]
+    assert list(tmp_path.iterdir()) == []  # nothing in the folder it ran from
+    run = outs[1]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 2
+    assert {"psnr", "ae_psnr", "lr_psnr", "l_pix", "l_gan"} <= set(records[-1])
+    assert RRDBNet.from_pretrained(run / "generator").config["num_feat"] == 16
+    with Image.open(run / "samples_0000002.png") as img:
+        assert img.size == (3 * 64, 64 + 16)  # LR bicubic | SR | HR under a label band
+        band = torch.frombuffer(
+            bytearray(img.convert("L").crop((0, 0, 3 * 64, 16)).tobytes()), dtype=torch.uint8
+        )
+    assert (band > 200).sum() > 50  # the labels are drawn
+    for out in outs:
+        shutil.rmtree(out)
 
 
 @pytest.mark.filterwarnings("ignore:Loaded the bundled demo AE")

@@ -226,7 +226,7 @@ def test_decoder_init_from_generator_layouts(tmp_path, layout, scale):
     with torch.no_grad():
         assert torch.equal(loaded(x), gen(x))
     ae = AutoEncoder.from_decoder(tmp_path / "gen.pth")
-    assert ae.config == {"num_in_ch": 3, **TINY, "scale": scale, "encoder": "learned"}
+    assert ae.config == {"num_in_ch": 3, **TINY, "scale": scale, "encoder": "learned", "decoder": "rrdb"}
     assert not ae.is_pretrained
     z = torch.rand(1, 3, 8, 8)
     with torch.no_grad():

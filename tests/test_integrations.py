@@ -347,7 +347,7 @@ def test_trainner_ae_file_loads_strictly_and_computes_the_same(tmp_path, scale, 
     _saved_as_trainner_does(net, path)
     ae = AutoEncoder.from_pretrained(path)
     assert ae.config == {"num_in_ch": 3, "num_feat": 32, "num_block": 1, "num_grow_ch": 32,
-                         "scale": scale, "encoder": "learned"}  # fmt: skip
+                         "scale": scale, "encoder": "learned", "decoder": "rrdb"}  # fmt: skip
     x = torch.rand(2, 3, 32, 48, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ours, theirs = ae(x), net(x)
@@ -377,13 +377,57 @@ def test_our_ae_in_trainner_layout_loads_into_trainner_and_round_trips_exactly(s
     assert max((back[k] - v).abs().max().item() for k, v in ae.state_dict().items()) == 0.0
 
 
+class _TraiNNerCompact(nn.Module):
+    """traiNNer/archs/srvgg_arch.py ``compact`` (PReLU, learn_residual=True)."""
+
+    def __init__(self, scale: int, nf: int, num_conv: int) -> None:
+        super().__init__()
+        self.scale = scale
+        self.body = nn.ModuleList([nn.Conv2d(3, nf, 3, 1, 1), nn.PReLU(nf)])
+        for _ in range(num_conv):
+            self.body.extend([nn.Conv2d(nf, nf, 3, 1, 1), nn.PReLU(nf)])
+        self.body.append(nn.Conv2d(nf, 3 * scale * scale, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        for layer in self.body:
+            out = layer(out)
+        return F.pixel_shuffle(out, self.scale) + F.interpolate(x, scale_factor=self.scale, mode="nearest")
+
+
+@pytest.mark.parametrize("scale", [4, 2])
+def test_trainner_ae_with_a_compact_decoder_loads_and_computes_the_same(tmp_path, scale):
+    net = _trainner_ae(scale)
+    net.decoder = _TraiNNerCompact(scale, nf=32, num_conv=3)
+    with torch.no_grad():
+        for p in net.decoder.parameters():
+            p.normal_(0, 0.05)
+    path = tmp_path / "compact_ae.safetensors"
+    _saved_as_trainner_does(net, path)
+    ae = AutoEncoder.from_pretrained(path)
+    assert ae.config["decoder"] == "compact"
+    assert ae.config["num_block"] == 3
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        theirs = net(x)
+        assert (ae(x) - theirs).abs().max() < 1e-5 * theirs.abs().max()
+    back = trainner_autoencoder_state_dict(ae.state_dict(), ae.config)
+    assert back.keys() == net.state_dict().keys()
+
+
 def test_trainner_ae_with_another_decoder_is_refused_naming_it(tmp_path):
     sd = {k: v for k, v in _trainner_ae(4).state_dict().items() if not k.startswith("decoder.")}
     sd |= {"decoder.body.0.weight": torch.zeros(8, 3, 3, 3), "decoder.body.0.bias": torch.zeros(8),
-           "decoder.body.1.weight": torch.zeros(8)}  # fmt: skip  # SRVGGNetCompact: conv, PReLU
-    path = tmp_path / "compact_ae.safetensors"
+           "decoder.body.2.weight": torch.zeros(8, 8, 3, 3)}  # fmt: skip  # compact with ReLU: no PReLU
+    path = tmp_path / "relu_compact_ae.safetensors"
     save_file({k: v.clone().contiguous() for k, v in sd.items()}, str(path))
-    with pytest.raises(CheckpointError, match=r"decoder is SRVGGNetCompact .*RRDB \(ESRGAN\) decoder only"):
+    with pytest.raises(CheckpointError, match=r"decoder is SRVGGNetCompact without PReLU weights"):
+        AutoEncoder.from_pretrained(path)
+    sd = {k: v for k, v in sd.items() if not k.startswith("decoder.")} | {
+        "decoder.conv_1.sk.weight": torch.zeros(3)
+    }
+    save_file({k: v.clone().contiguous() for k, v in sd.items()}, str(path))
+    with pytest.raises(CheckpointError, match=r"an architecture aesop-loss does not implement"):
         AutoEncoder.from_pretrained(path)
 
 

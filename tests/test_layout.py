@@ -168,3 +168,12 @@ def test_every_public_name_is_documented():
                 if not (docstring or comment):
                     missing += [f"{_module_name(path)}.{n}" for n in names]
     assert missing == []
+
+
+def test_importing_the_core_without_numpy_prints_no_numpy_warning():
+    code = "import sys\nsys.modules['numpy'] = None\nimport aesop_loss\nfrom aesop_loss import AESOPLoss\n"
+    proc = subprocess.run(
+        [sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "NumPy" not in proc.stderr

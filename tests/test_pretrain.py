@@ -46,7 +46,7 @@ def test_tiny_ae_learns_and_the_run_folder_loads(tmp_path):
     assert val[0]["psnr_ae_hr"] > 12
     ae = AutoEncoder.from_pretrained(out)
     assert ae.config == {"num_in_ch": 3, "num_feat": 16, "num_block": 1, "num_grow_ch": 8, "scale": 4,
-                         "encoder": "learned"}  # fmt: skip
+                         "encoder": "learned", "decoder": "rrdb"}  # fmt: skip
     card = (out / "README.md").read_text()
     assert "Training steps: 60" in card
     assert "python -m aesop_loss.pretrain" in card
@@ -406,7 +406,7 @@ def test_ddp_ranks_agree_on_when_to_stop(tmp_path):
 def _recon_psnr(folder: Path) -> float:
     from aesop_loss.diagnostics import diagnose
 
-    return diagnose(AutoEncoder.from_pretrained(folder), size=64).recon_psnr
+    return diagnose(AutoEncoder.from_pretrained(folder), size=64, tiles=1).recon_psnr
 
 
 def test_ema_warmup_makes_an_80_step_run_export_trained_weights(tmp_path):
@@ -442,6 +442,58 @@ def test_the_run_ends_with_the_fitness_report_in_the_card(tmp_path, caplog):
     assert main([*_args(out), "--steps", "2", "--batch-size", "1"]) == 0
     assert "fitness for AESOP" in caplog.text
     assert "verdict: unfit" in caplog.text  # two steps make no AE
+    assert f"the model is in {out}; use it with: AESOPLoss(ae={str(out)!r})" in caplog.text
+    assert re.search(
+        r"estimated cost: [\d.]+ GiB of RAM and [\d.]+ s per step; 2 steps: about \d+ s", caplog.text
+    )
     card = (out / "README.md").read_text()
     assert "## Fitness for AESOP" in card
     assert "reconstruction PSNR" in card
+
+
+def test_presets_fill_what_the_command_line_does_not_give(tmp_path):
+    from aesop_loss.train import PretrainConfig
+    from aesop_loss.train.config import PRESETS
+
+    parser = PretrainConfig.parser(prog="p", description=None)
+    for name, values in PRESETS.items():
+        argv = ["--data", "d", "--out", "o", "--preset", name, "--steps", "7", "--no-ema-warmup"]
+        cfg = PretrainConfig.from_args(parser.parse_args(argv), argv=argv)
+        cfg.validate()
+        assert cfg.steps == 7  # the flag given wins
+        assert cfg.ema_warmup is False
+        assert all(getattr(cfg, k) == v for k, v in values.items() if k != "steps")
+    assert "--preset {tiny,demo,paper}" in parser.format_help()
+
+
+def test_a_step_that_cannot_fit_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    import aesop_loss.train.budget as budget
+
+    monkeypatch.setattr(budget, "available_bytes", lambda device: 2**20)  # 1 MiB free
+    out = tmp_path / "run"
+    assert run_cli(main, [*_args(out), "--steps", "1", "--batch-size", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert re.search(
+        r"needs about [\d.]+ GiB per step \(batch 1 x 32\^2\) but 0\.0 GiB of RAM is free", err[0]
+    )
+    assert "--preset tiny" in err[0]
+    assert "--force" in err[0]
+    assert not out.exists()
+    assert main([*_args(out), "--steps", "1", "--batch-size", "1", "--force"]) == 0
+
+
+def test_a_long_cpu_run_says_what_it_costs_and_names_the_quick_presets(caplog):
+    import logging
+
+    import aesop_loss.train.budget as budget
+    from aesop_loss.train import PretrainConfig
+
+    caplog.set_level(logging.INFO, logger="aesop_loss")
+    cfg = PretrainConfig(data="d", out=Path("o"), **TINY_ARCH, crop=32, batch_size=2, steps=10**7)
+    est = budget.check_budget(cfg, torch.device("cpu"))
+    assert est.run_seconds > 2 * 3600
+    assert "on this CPU. For a quick run: --preset tiny" in caplog.text
+    bigger = budget.estimate(PretrainConfig(data="d", out=Path("o"), **TINY_ARCH, crop=64, batch_size=4),
+                             torch.device("cpu"))  # fmt: skip
+    assert bigger.step_bytes > budget.estimate(cfg, torch.device("cpu")).step_bytes  # 8x the pixels

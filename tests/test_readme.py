@@ -41,3 +41,66 @@ def test_readme_precision_values_match():
     block = re.search(r"precision=([^\n]*)", README)
     assert block
     assert re.findall(r'"(\w+)"', block.group(1)) == list(Precision.__args__)
+
+
+class _Parsed(Exception):
+    """Raised right after a command's parser accepted its arguments: nothing runs."""
+
+
+def _commands(text: str) -> list[list[str]]:
+    """Every ``python -m aesop_loss.X`` / ``python examples|benchmarks/X.py`` command in bash blocks."""
+    import shlex
+
+    found = []
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    inline = re.findall(r"`((?:python|torchrun) [^`]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    for block in [*blocks, *inline]:
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\[[^\]]*\]", "", line.split("#")[0])  # drop "[optional parts]"
+            words = shlex.split(line)
+            if "python" in words:
+                words = words[words.index("python") + 1 :]
+            elif words[:1] == ["torchrun"]:
+                words = words[next(i for i, w in enumerate(words) if w == "-m") :]
+            else:
+                continue
+            if words[:1] == ["-m"] and words[1].startswith("aesop_loss.") and len(words) > 2:
+                found.append(words[1:])  # (a bare `python -m aesop_loss.X` names the command)
+            elif words and words[0].startswith(("examples/", "benchmarks/")) and words[0].endswith(".py"):
+                found.append(words)
+    return found
+
+
+def test_every_command_the_docs_show_still_parses(monkeypatch):
+    import argparse
+    import importlib
+
+    docs = (
+        README
+        + (ROOT / "examples" / "README.md").read_text()
+        + (ROOT / "benchmarks" / "README.md").read_text()
+    )
+    commands = _commands(docs)
+    assert len(commands) >= 15
+    real = argparse.ArgumentParser.parse_args
+
+    def parse_only(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+        real(self, args, namespace)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_only)
+    for folder in ("examples", "benchmarks"):
+        monkeypatch.syspath_prepend(str(ROOT / folder))
+    for words in commands:
+        target, argv = words[0], words[1:]
+        if target.endswith(".py"):
+            module = importlib.import_module(Path(target).stem)
+        else:
+            module = importlib.import_module(target)
+        try:
+            module.main(argv)
+        except _Parsed:
+            continue
+        except SystemExit as exc:
+            raise AssertionError(f"{' '.join(words)}: the parser refused it ({exc})") from None
+        raise AssertionError(f"{' '.join(words)}: no argument parser ran")

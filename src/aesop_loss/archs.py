@@ -4,7 +4,8 @@ Both use the parameter names of BasicSR and of the authors' AESOP code, so that 
 load strictly, key for key. This module defines the networks only: reading files and layouts is
 ``checkpoints``'s job, and ``from_pretrained`` / ``save_pretrained`` come from ``hub.HubMixin``.
 ``AutoEncoder`` is the paper's design: a learned encoder that squeezes an
-HR image into a 3-channel LR-sized bottleneck, followed by a PSNR-oriented ``RRDBNet`` decoder.
+HR image into a 3-channel LR-sized bottleneck, followed by a PSNR-oriented ``RRDBNet`` decoder, or
+(``decoder="compact"``) by ``SRVGGNetCompact``, Real-ESRGAN's compact design, for a cheaper loss.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from torch.utils.checkpoint import checkpoint
 
 from .hub import HubMixin
 
-__all__ = ["AutoEncoder", "EncoderKind", "RRDBNet"]
+__all__ = ["AutoEncoder", "DecoderKind", "EncoderKind", "RRDBNet", "SRVGGNetCompact"]
 
 EncoderKind = Literal["learned", "bicubic"]
 """An AE's encoder: ``"learned"`` (the paper's) or ``"bicubic"`` (the reference's fixed ablation)."""
+DecoderKind = Literal["rrdb", "compact"]
+"""An AE's decoder: ``"rrdb"`` (the paper's ``RRDBNet``) or ``"compact"`` (``SRVGGNetCompact``)."""
 
 # RRDBNet scale -> pixel-unshuffle factor applied to its input (BasicSR convention).
 _UNSHUFFLE_FOR_SCALE = {4: 1, 2: 2, 1: 4}
@@ -216,6 +219,69 @@ class RRDBNet(_Model):
         return self.conv_last(F.leaky_relu(self.conv_hr(feat), _LRELU_SLOPE, inplace=True))
 
 
+class SRVGGNetCompact(_Model):
+    """Real-ESRGAN's compact SR network, with its parameter names (``body.N``).
+
+    A plain stack at LR size: conv(in -> F), PReLU, then ``num_conv`` times conv(F -> F), PReLU,
+    then conv(F -> out * s^2), pixel shuffle by ``s``, plus the nearest-upsampled input. It costs
+    ``9 F (in + num_conv F + out s^2)`` multiply-adds per LR pixel, a few percent of ``RRDBNet``'s;
+    its public checkpoints (PReLU activations) load strictly.
+
+    Args:
+        num_in_ch: Input image channels.
+        num_out_ch: Output image channels.
+        num_feat: Width of every hidden conv.
+        num_conv: Hidden convs between the first and the last.
+        scale: Upscaling factor (pixel shuffle), 1 to 8.
+
+    Examples:
+        >>> net = SRVGGNetCompact(num_feat=8, num_conv=2, scale=4)
+        >>> net(torch.zeros(1, 3, 6, 7)).shape
+        torch.Size([1, 3, 24, 28])
+        >>> sorted(net.state_dict())[:3]
+        ['body.0.bias', 'body.0.weight', 'body.1.weight']
+    """
+
+    def __init__(
+        self,
+        *,
+        num_in_ch: int = 3,
+        num_out_ch: int = 3,
+        num_feat: int = 64,
+        num_conv: int = 16,
+        scale: int = 4,
+    ) -> None:
+        super().__init__()
+        for name, value in (("num_in_ch", num_in_ch), ("num_out_ch", num_out_ch), ("num_feat", num_feat)):
+            if value < 1:
+                raise ValueError(f"SRVGGNetCompact: {name} must be >= 1, got {value}.")
+        if num_conv < 0:
+            raise ValueError(f"SRVGGNetCompact: num_conv must be >= 0, got {num_conv}.")
+        if not 1 <= scale <= 8:
+            raise ValueError(f"SRVGGNetCompact supports scale 1 to 8; got scale={scale}.")
+        self.num_in_ch = num_in_ch
+        self.num_out_ch = num_out_ch
+        self.num_feat = num_feat
+        self.num_conv = num_conv
+        self.scale = scale
+        layers: list[nn.Module] = [_conv3x3(num_in_ch, num_feat), nn.PReLU(num_feat)]
+        for _ in range(num_conv):
+            layers += [_conv3x3(num_feat, num_feat), nn.PReLU(num_feat)]
+        layers.append(_conv3x3(num_feat, num_out_ch * scale * scale))
+        self.body = nn.Sequential(*layers)
+        # Variance-preserving init for the PReLU stack (PyTorch's default shrinks the signal ~6x per
+        # layer, so a fresh 16-conv body outputs a constant and barely trains); the last conv starts
+        # small, so a fresh network is close to its nearest-neighbour base.
+        for conv in [m for m in self.body if isinstance(m, nn.Conv2d)][:-1]:
+            nn.init.kaiming_normal_(conv.weight, a=0.25, nonlinearity="leaky_relu")
+            nn.init.zeros_(conv.bias)  # type: ignore[arg-type]  # 3x3 convs here have biases
+        _scaled_kaiming_([self.body[-1]], 0.1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.pixel_shuffle(self.body(x), self.scale)
+        return out + F.interpolate(x, scale_factor=self.scale, mode="nearest")
+
+
 class _BicubicDownsample(nn.Module):
     """Antialiased bicubic downsampling by ``scale``; the reference ablation's fixed encoder.
 
@@ -245,14 +311,19 @@ class AutoEncoder(_Model):
     no activations between those convs (C = ``num_feat``, s = ``scale``). ``forward(x)`` is
     ``decode(encode(x))``: "AE space", where ``AESOPLoss`` measures distances.
 
+    The decoder is the paper's ``RRDBNet`` (``num_block`` RRDB blocks), or with
+    ``decoder="compact"`` an ``SRVGGNetCompact`` of ``num_block`` hidden convs: a compact AE whose
+    loss costs a small fraction of the paper AE's (``benchmarks/bench_compact.py``).
+
     Args:
         num_in_ch: Image channels (also the bottleneck's channels).
-        num_feat: Width of the decoder trunk and of the encoder's RRDB blocks.
-        num_block: RRDB blocks in the decoder.
-        num_grow_ch: Growth channels of every dense block.
+        num_feat: Width of the decoder and of the encoder's RRDB blocks.
+        num_block: Decoder depth: RRDB blocks (``"rrdb"``) or hidden convs (``"compact"``).
+        num_grow_ch: Growth channels of every dense block (the encoder's, and an RRDB decoder's).
         scale: Bottleneck downscaling factor (= decoder upscaling), 4 (the paper) or 2.
         encoder: ``"learned"`` (the paper) or ``"bicubic"`` (the reference ablation: fixed
             antialiased bicubic downsampling, no parameters).
+        decoder: ``"rrdb"`` (the paper) or ``"compact"``.
 
     Examples:
         >>> ae = AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8, scale=4)
@@ -263,7 +334,8 @@ class AutoEncoder(_Model):
         torch.Size([1, 3, 32, 48])
     """
 
-    _config_attrs: ClassVar[dict[str, str]] = {"encoder": "encoder_kind"}  # self.encoder: the module
+    # self.encoder and self.decoder are the modules
+    _config_attrs: ClassVar[dict[str, str]] = {"encoder": "encoder_kind", "decoder": "decoder_kind"}
 
     def __init__(
         self,
@@ -274,18 +346,22 @@ class AutoEncoder(_Model):
         num_grow_ch: int = 32,
         scale: int = 4,
         encoder: EncoderKind = "learned",
+        decoder: DecoderKind = "rrdb",
     ) -> None:
         super().__init__()
         if scale not in (2, 4):
             raise ValueError(f"AutoEncoder supports scale 4 or 2; got scale={scale}.")
         if encoder not in get_args(EncoderKind):
             raise ValueError(f"encoder must be one of {get_args(EncoderKind)}, got {encoder!r}.")
+        if decoder not in get_args(DecoderKind):
+            raise ValueError(f"decoder must be one of {get_args(DecoderKind)}, got {decoder!r}.")
         self.num_in_ch = num_in_ch
         self.num_feat = num_feat
         self.num_block = num_block
         self.num_grow_ch = num_grow_ch
         self.scale = scale
         self.encoder_kind: EncoderKind = encoder
+        self.decoder_kind: DecoderKind = decoder
         self.encoder: nn.Module
         if encoder == "learned":
             if num_feat % (scale * scale):
@@ -305,14 +381,20 @@ class AutoEncoder(_Model):
             )
         else:
             self.encoder = _BicubicDownsample(scale=scale)
-        self.decoder = RRDBNet(
-            num_in_ch=num_in_ch,
-            num_out_ch=num_in_ch,
-            num_feat=num_feat,
-            num_block=num_block,
-            num_grow_ch=num_grow_ch,
-            scale=scale,
-        )
+        self.decoder: RRDBNet | SRVGGNetCompact
+        if decoder == "rrdb":
+            self.decoder = RRDBNet(
+                num_in_ch=num_in_ch,
+                num_out_ch=num_in_ch,
+                num_feat=num_feat,
+                num_block=num_block,
+                num_grow_ch=num_grow_ch,
+                scale=scale,
+            )
+        else:
+            self.decoder = SRVGGNetCompact(
+                num_in_ch=num_in_ch, num_out_ch=num_in_ch, num_feat=num_feat, num_conv=num_block, scale=scale
+            )
         # Set once weights arrive through load_state_dict (from_pretrained, resume) or by the
         # pretraining routine; AESOPLoss warns about an AE that was never trained.
         self.is_pretrained = False
@@ -321,9 +403,10 @@ class AutoEncoder(_Model):
     @classmethod
     def from_decoder(
         cls,
-        decoder: RRDBNet | str | os.PathLike[str],
+        decoder: RRDBNet | SRVGGNetCompact | str | os.PathLike[str],
         *,
         encoder: EncoderKind = "learned",
+        num_grow_ch: int = 32,
         revision: str | None = None,
         local_files_only: bool = False,
         token: str | bool | None = None,
@@ -331,9 +414,13 @@ class AutoEncoder(_Model):
         """Build an AE around a PSNR-oriented generator, as the paper initialises its decoder.
 
         Args:
-            decoder: An ``RRDBNet``, or anything ``RRDBNet.from_pretrained`` reads (BasicSR,
-                original-ESRGAN or ``RRDB_trunk`` checkpoints, folders, Hub ids).
+            decoder: An ``RRDBNet`` or ``SRVGGNetCompact``, or anything ``RRDBNet.from_pretrained``
+                reads (BasicSR, original-ESRGAN or ``RRDB_trunk`` checkpoints, folders, Hub ids).
+                For a compact generator, pass the ``SRVGGNetCompact`` (e.g. from its
+                ``from_pretrained``).
             encoder: ``"learned"`` (freshly initialised, to be pretrained) or ``"bicubic"``.
+            num_grow_ch: The encoder's growth channels when the decoder is compact (an RRDB
+                decoder sets them).
             revision: Hub revision when ``decoder`` is a repo id.
             local_files_only: Use the Hub cache only.
             token: Hub token.
@@ -348,7 +435,7 @@ class AutoEncoder(_Model):
             >>> ae.config["num_feat"], ae.config["scale"]
             (16, 4)
         """
-        if not isinstance(decoder, RRDBNet):
+        if not isinstance(decoder, (RRDBNet, SRVGGNetCompact)):
             decoder = RRDBNet.from_pretrained(
                 decoder, revision=revision, local_files_only=local_files_only, token=token
             )
@@ -357,13 +444,18 @@ class AutoEncoder(_Model):
                 f"decoder maps {decoder.num_in_ch} to {decoder.num_out_ch} channels; an AE decoder "
                 "must keep the channel count (its input is the 3-channel bottleneck)."
             )
+        if isinstance(decoder, SRVGGNetCompact):
+            depth, kind, grow = decoder.num_conv, "compact", num_grow_ch
+        else:
+            depth, kind, grow = decoder.num_block, "rrdb", decoder.num_grow_ch
         ae = cls(
             num_in_ch=decoder.num_in_ch,
             num_feat=decoder.num_feat,
-            num_block=decoder.num_block,
-            num_grow_ch=decoder.num_grow_ch,
+            num_block=depth,
+            num_grow_ch=grow,
             scale=decoder.scale,
             encoder=encoder,
+            decoder=kind,  # type: ignore[arg-type]
         )
         ae.decoder.load_state_dict(decoder.state_dict())
         ae.is_pretrained = False  # the encoder is untrained

@@ -7,7 +7,9 @@ has to say how wide or deep the network in a file is:
 - the authors' AESOP autoencoder (``{"params_ema": sd}``, with its encoder registered twice);
 - BasicSR ``RRDBNet`` (``conv_first``, ``body.N.rdbK.convM``, ``conv_body``, ``conv_up1`` ...);
 - the original ESRGAN release (``model.0``, ``model.1.sub.N.RDBk.convM.0``, ``model.3`` ...);
-- the ESRGAN repository's later layout (``RRDB_trunk``, ``trunk_conv``, ``upconv1``, ``HRconv``).
+- the ESRGAN repository's later layout (``RRDB_trunk``, ``trunk_conv``, ``upconv1``, ``HRconv``);
+- Real-ESRGAN's ``SRVGGNetCompact`` (``body.N``, PReLU activations), alone or as an AE decoder;
+- traiNNer-redux's AE (spandrel's RRDB blocks in the encoder, an ESRGAN or compact decoder).
 
 ``.pth`` files are read with ``torch.load(..., weights_only=True)`` only.
 """
@@ -15,6 +17,7 @@ has to say how wide or deep the network in a file is:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 import re
@@ -30,6 +33,7 @@ from torch import Tensor, nn
 __all__ = [
     "CheckpointError",
     "canonicalize_autoencoder",
+    "canonicalize_compact",
     "canonicalize_rrdbnet",
     "read_state_dict",
     "trainner_autoencoder_state_dict",
@@ -329,6 +333,72 @@ def canonicalize_rrdbnet(
     return dict(sd), _infer_rrdbnet_config(sd, source)
 
 
+def _is_compact(sd: Mapping[str, Tensor]) -> bool:
+    """``body.0`` a conv and ``body.1`` a PReLU: Real-ESRGAN's ``SRVGGNetCompact``."""
+    first, act = sd.get("body.0.weight"), sd.get("body.1.weight")
+    return first is not None and first.ndim == 4 and act is not None and act.ndim == 1
+
+
+def canonicalize_compact(
+    sd: Mapping[str, Tensor], *, source: str = "checkpoint"
+) -> tuple[StateDict, dict[str, Any]]:
+    """Check an ``SRVGGNetCompact`` state dict (Real-ESRGAN / BasicSR names) and infer its config.
+
+    The convs sit at the even ``body`` indices, each followed by a PReLU (its per-channel slopes are
+    weights); the last conv's width gives the scale (``num_out_ch * scale**2``, with
+    ``num_out_ch = num_in_ch``, as every public compact model has).
+
+    Args:
+        sd: A flat state dict with ``body.N.weight`` / ``body.N.bias`` keys.
+        source: Name of the file, for error messages.
+
+    Returns:
+        The state dict and the ``SRVGGNetCompact`` constructor arguments.
+
+    Raises:
+        CheckpointError: Not a compact network, activations without weights (ReLU / LeakyReLU,
+            which the weights cannot tell apart), or an inconsistent layout.
+
+    Examples:
+        >>> from aesop_loss import SRVGGNetCompact
+        >>> net = SRVGGNetCompact(num_feat=8, num_conv=3, scale=2)
+        >>> canonicalize_compact(net.state_dict())[1] == net.config
+        True
+    """
+    convs = sorted(
+        int(m.group(1)) for k in sd if (m := re.fullmatch(r"body\.(\d+)\.weight", k)) and sd[k].ndim == 4
+    )
+    if not convs or convs[0] != 0:
+        raise CheckpointError(f"{source}: not an SRVGGNetCompact checkpoint (no conv 'body.0.weight').")
+    if convs != list(range(0, 2 * len(convs), 2)):
+        raise CheckpointError(
+            f"{source}: the compact network's convs are at body indices {convs[:6]}..., not at every "
+            "second one (conv, activation, conv ...); not an SRVGGNetCompact."
+        )
+    if any(f"body.{i + 1}.weight" not in sd for i in convs[:-1]):
+        raise CheckpointError(
+            f"{source}: the compact network's activations have no weights (ReLU or LeakyReLU), which "
+            "the file cannot tell apart; only PReLU compact networks (Real-ESRGAN's) are read."
+        )
+    first, last = sd["body.0.weight"], sd[f"body.{convs[-1]}.weight"]
+    num_in_ch, num_feat = int(first.shape[1]), int(first.shape[0])
+    ratio, rest = divmod(int(last.shape[0]), num_in_ch)
+    scale = math.isqrt(ratio)
+    if rest or scale * scale != ratio or not 1 <= scale <= 8:
+        raise CheckpointError(
+            f"{source}: the last conv gives {last.shape[0]} channels for {num_in_ch} input channels; "
+            "expected num_in_ch * scale**2 with a scale of 1 to 8."
+        )
+    expected = {f"body.{i}.{kind}" for i in convs for kind in ("weight", "bias")}
+    expected |= {f"body.{i + 1}.weight" for i in convs[:-1]}
+    unexpected = sorted(set(sd) - expected)
+    if unexpected:
+        raise CheckpointError(f"{source}: unexpected keys {_listing(unexpected)} in an SRVGGNetCompact.")
+    config = {"num_in_ch": num_in_ch, "num_out_ch": num_in_ch, "num_feat": num_feat,
+              "num_conv": len(convs) - 2, "scale": scale}  # fmt: skip
+    return dict(sd), config
+
+
 def canonicalize_autoencoder(
     sd: Mapping[str, Tensor], *, source: str = "checkpoint"
 ) -> tuple[StateDict, dict[str, Any]]:
@@ -386,9 +456,22 @@ def canonicalize_autoencoder(
     if any(_TRAINNER_RDB.match(k) for k in out):
         out = _from_trainner_autoencoder(out, source)
     decoder = {k[len("decoder.") :]: v for k, v in out.items() if k.startswith("decoder.")}
-    cfg = _infer_rrdbnet_config(decoder, f"{source} (decoder)")
+    label = f"{source} (decoder)"
+    if _is_compact(decoder):
+        compact = canonicalize_compact(decoder, source=label)[1]
+        grow = out.get("encoder.2.0.rdb1.conv1.weight")  # none with the bicubic encoder: default 32
+        cfg = {**compact, "num_block": compact["num_conv"], "decoder": "compact",
+               "num_grow_ch": int(grow.shape[0]) if grow is not None else 32}  # fmt: skip
+    else:
+        cfg = {**_infer_rrdbnet_config(decoder, label), "decoder": "rrdb"}
     if cfg["scale"] not in (2, 4):
         raise CheckpointError(f"{source}: decoder scale {cfg['scale']} is not an AE scale (4 or 2).")
+    stem = out.get("encoder.3.0.weight")
+    if stem is not None and int(stem.shape[0]) != cfg["num_feat"]:
+        raise CheckpointError(
+            f"{source}: the encoder is {stem.shape[0]} channels wide and the decoder {cfg['num_feat']}; "
+            "an AutoEncoder has one width (num_feat) for both."
+        )
     config = {
         "num_in_ch": cfg["num_out_ch"],
         "num_feat": cfg["num_feat"],
@@ -396,6 +479,7 @@ def canonicalize_autoencoder(
         "num_grow_ch": cfg["num_grow_ch"],
         "scale": cfg["scale"],
         "encoder": "learned" if has_encoder else "bicubic",
+        "decoder": cfg["decoder"],
     }
     return out, config
 
@@ -411,9 +495,12 @@ def _name_generator(sd: Mapping[str, Tensor]) -> str:
     """A readable name for the generator a state dict holds, for error messages."""
     if "model.0.weight" in sd or "conv_first.weight" in sd:
         return "an RRDB (ESRGAN) generator"
-    prelu = [k for k in sd if re.fullmatch(r"body\.\d+\.weight", k) and sd[k].ndim == 1]
-    if "body.0.weight" in sd and prelu:
-        return "SRVGGNetCompact (traiNNer-redux's 'compact')"
+    if _is_compact(sd):
+        return "SRVGGNetCompact"
+    if "body.0.weight" in sd:
+        return (
+            "SRVGGNetCompact without PReLU weights (ReLU or LeakyReLU, which the weights cannot tell apart)"
+        )
     return f"an architecture aesop-loss does not implement (keys {_listing(sorted(sd), 3)})"
 
 
@@ -470,12 +557,15 @@ def _from_trainner_autoencoder(sd: Mapping[str, Tensor], source: str) -> StateDi
         else:
             encoder[key] = value
     kind = _name_generator(decoder)
-    if not kind.startswith("an RRDB"):
+    if kind == "SRVGGNetCompact":
+        config = canonicalize_compact(decoder, source=f"{source} (decoder)")[1]
+    elif kind.startswith("an RRDB"):
+        decoder, config = canonicalize_rrdbnet(decoder, source=f"{source} (decoder)")
+    else:
         raise CheckpointError(
             f"{source}: a traiNNer-redux AE whose decoder is {kind}; aesop-loss reads AEs with an "
-            "RRDB (ESRGAN) decoder only."
+            "RRDB (ESRGAN) or SRVGGNetCompact (PReLU) decoder only."
         )
-    decoder, config = canonicalize_rrdbnet(decoder, source=f"{source} (decoder)")
     if config["scale"] == 4:  # traiNNer-redux unshuffles by 4 at once, the authors by 2 twice
         encoder = _reorder_encoder_trunk(encoder, _unshuffle_order(config["num_feat"] // 16))
     return {**encoder, **{f"decoder.{k}": v for k, v in decoder.items()}}
@@ -502,7 +592,8 @@ def trainner_autoencoder_state_dict(sd: Mapping[str, Tensor], config: Mapping[st
     traiNNer-redux's ``AutoEncoder`` registers its encoder parts twice (``conv_first`` / ``body`` /
     ``conv_last`` and ``encoder.0`` / ``.2`` / ``.3``, so both are written, as separate tensors),
     uses spandrel's RRDB blocks, unshuffles by 4 at once (the trunk's channels are reordered to
-    match), and builds its decoder as spandrel's ESRGAN (``model.N`` names). Reading the result
+    match), and builds an RRDB decoder as spandrel's ESRGAN (``model.N`` names; a compact decoder
+    keeps its ``body.N`` names). Reading the result
     back with ``canonicalize_autoencoder`` gives ``sd`` exactly.
 
     Args:
@@ -548,7 +639,9 @@ def trainner_autoencoder_state_dict(sd: Mapping[str, Tensor], config: Mapping[st
         out[key] = value.contiguous()
         alias = next(a for a, twin in _REFERENCE_ENCODER_ALIASES.items() if key.startswith(twin))
         out[alias + key[len(_REFERENCE_ENCODER_ALIASES[alias]) :]] = value.clone().contiguous()
-    for key, value in _to_original_esrgan(decoder, config["num_block"]).items():
+    if config.get("decoder", "rrdb") == "rrdb":
+        decoder = _to_original_esrgan(decoder, config["num_block"])
+    for key, value in decoder.items():  # spandrel's ESRGAN names, or the compact's own
         out[f"decoder.{key}"] = value.contiguous()
     return out
 

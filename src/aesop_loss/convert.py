@@ -149,7 +149,10 @@ def _written_by_us(path: Path) -> bool:
 
 def trainner_options(ae: AutoEncoder, path: str | Path) -> str:
     """The traiNNer-redux options that use an AE written by ``to_trainner`` (YAML, as text)."""
-    decoder = f"{{type: esrgan, num_filters: {ae.num_feat}, num_blocks: {ae.num_block}}}"
+    if ae.decoder_kind == "compact":
+        decoder = f"{{type: compact, num_feat: {ae.num_feat}, num_conv: {ae.num_block}}}"
+    else:
+        decoder = f"{{type: esrgan, num_filters: {ae.num_feat}, num_blocks: {ae.num_block}}}"
     lines = [
         "# traiNNer-redux, under train: losses: (its own AESOP loss)",
         "- type: aesoploss",

@@ -2,16 +2,20 @@
 
 AE is anything ``AutoEncoder.from_pretrained`` takes (a model folder, a run folder of
 ``python -m aesop_loss.pretrain``, a ``.pth`` / ``.safetensors`` file, a Hub id, ``demo``). It
-measures, on the bundled sample photos or on ``--images``: reconstruction PSNR, bottleneck-vs-LR
+measures, on the bundled sample photos or on ``--images`` (up to ``--tiles`` tiles of ``--size``
+per image, covering it): reconstruction PSNR, bottleneck-vs-LR
 PSNR, how much AESOP penalises detail the LR image cannot see against a fidelity error of the same
-energy (selectivity, retention), and the colour gains; then a verdict: ok, warn or unfit, with
-the reasons. Exit status 0 for ok or warn, 1 for unfit, 2 for bad input. Reading ``--images``
+energy (selectivity, retention), and the colour gains; with ``--teacher AE``, also how alike the
+two AEs' AESOP gradients are (cosine) and their loss ratio; then a verdict: ok, warn or unfit,
+with the reasons. Exit status 0 for ok or warn, 1 for unfit, 2 for bad input. Reading ``--images``
 needs the training extra (``pip install "aesop-loss[train]"``).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,6 +51,20 @@ def _images(folder: Path) -> list[torch.Tensor]:
         raise CLIError(f"--images {folder}: an image cannot be decoded ({exc}).") from None
 
 
+class _Progress:
+    """A one-line progress count on stderr, shown once a run has taken more than a couple of seconds."""
+
+    def __init__(self, after: float = 2.0) -> None:
+        self.start, self.after, self.shown = time.monotonic(), after, False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.shown and time.monotonic() - self.start < self.after:
+            return
+        self.shown = True
+        end = "\n" if done == total else ""  # the report starts on a line of its own
+        print(f"\rdiagnose: {done}/{total} images measured", end=end, file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Diagnose an AE; returns 0 (ok or warn) or 1 (unfit). Run it through ``run_cli``."""
     p = argparse.ArgumentParser(
@@ -56,17 +74,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("ae", help="the AE: folder, run folder, .pth, .safetensors, Hub id, or 'demo'")
     p.add_argument("--images", type=Path, help="folder of HR images (default: the bundled sample photos)")
-    p.add_argument("--size", type=int, default=128, help="centre crop measured per image (default 128)")
+    p.add_argument("--size", type=int, default=128, help="tile size (default 128)")
+    p.add_argument(
+        "--tiles", type=int, default=4, help="at most this many tiles per image, covering it (default 4)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    p.add_argument(
+        "--teacher",
+        metavar="AE",
+        help="also compare AESOP gradients with this AE (e.g. the one a compact AE was distilled from)",
+    )
     args = p.parse_args(argv)
     if args.size < 16:
         raise CLIError(f"--size {args.size}: expected an integer >= 16.")
+    if not 1 <= args.tiles <= 64:
+        raise CLIError(f"--tiles {args.tiles}: expected an integer from 1 to 64.")
     check_device(args.device)
     images = _images(args.images) if args.images else None
     ae = AutoEncoder.from_pretrained(args.ae, device=args.device)
+    teacher = AutoEncoder.from_pretrained(args.teacher, device=args.device) if args.teacher else None
+    if teacher is not None and teacher.scale != ae.scale:
+        raise CLIError(f"--teacher {args.teacher} is a x{teacher.scale} AE; {args.ae} is x{ae.scale}.")
     try:
-        result = diagnose(ae, images, size=args.size)
+        result = diagnose(ae, images, size=args.size, tiles=args.tiles, teacher=teacher, progress=_Progress())
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     print(result.to_json() if args.json else f"AE: {args.ae}\n{result.table()}")

@@ -16,6 +16,11 @@ measurements on real photos tell whether an AE does:
   gain about 1; an AE that memorised its training photos' colours passes Cb/Cr with a small gain,
   and AESOP with it cannot see colour errors.
 
+With a ``teacher`` AE (a compact AE distilled from a larger one, say), two more: the cosine
+similarity between the student's and the teacher's AESOP gradients with respect to an SR-like input
+(``x`` plus null-space detail plus a low-frequency error), and the ratio of their loss values. A
+student with cosine near 1 steers an SR net the way its teacher would.
+
 ``THRESHOLDS`` turns them into a verdict, ``"ok"``, ``"warn"`` or ``"unfit"``, with the reasons.
 ``python -m aesop_loss.diagnose`` is the command; pretraining prints the same report at its end.
 """
@@ -25,7 +30,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +49,7 @@ __all__ = [
     "Thresholds",
     "colour_gains",
     "diagnose",
+    "gradient_agreement",
     "low_frequency_change",
     "null_space_detail",
     "sample_images",
@@ -73,6 +80,8 @@ class Thresholds:
         warn_selectivity: Below this, it separates them weakly.
         warn_colour_gain: A Cb or Cr gain below this: colour errors are under-weighted.
         warn_luma_gain: The Y gain outside ``[a, b]``: brightness errors are mis-weighted.
+        warn_teacher_cosine: Below this gradient cosine to a teacher (when one is given), the
+            student steers an SR net differently from it.
     """
 
     unfit_recon_psnr: float = 20.0
@@ -84,43 +93,40 @@ class Thresholds:
     warn_selectivity: float = 10.0
     warn_colour_gain: float = 0.5
     warn_luma_gain: tuple[float, float] = (0.8, 1.25)
+    warn_teacher_cosine: float = 0.9
 
     def judge(self, d: Diagnosis) -> tuple[str, list[str]]:
         """The verdict on measurements: ``("ok" | "warn" | "unfit", reasons)``."""
         unfit, warn = [], []
-        if not d.recon_psnr >= self.unfit_recon_psnr:
+
+        def low(name: str, value: float, limit: float, digits: int, why: str, unit: str = "") -> str:
+            return f"{name} {_below(value, limit, digits)}{unit} < {limit:g}: {why}"
+
+        recon, ret, sel = d.recon_psnr, d.retention, d.selectivity
+        if not recon >= self.unfit_recon_psnr:
+            why = "the AE does not reconstruct its input (untrained, or trained on something else)"
+            unfit.append(low("reconstruction PSNR", recon, self.unfit_recon_psnr, 1, why, " dB"))
+        elif recon < self.warn_recon_psnr:
+            warn.append(low("reconstruction PSNR", recon, self.warn_recon_psnr, 1, "train longer", " dB"))
+        if not ret >= self.unfit_retention:
             unfit.append(
-                f"reconstruction PSNR {d.recon_psnr:.1f} dB < {self.unfit_recon_psnr:g}: the AE does not "
-                "reconstruct its input (untrained, or trained on something else)"
+                low("retention", ret, self.unfit_retention, 2, "AESOP would barely see fidelity errors")
             )
-        elif d.recon_psnr < self.warn_recon_psnr:
-            warn.append(f"reconstruction PSNR {d.recon_psnr:.1f} dB < {self.warn_recon_psnr:g}: train longer")
-        if not d.retention >= self.unfit_retention:
-            unfit.append(
-                f"retention {d.retention:.2f} < {self.unfit_retention:g}: AESOP would barely see "
-                "fidelity errors"
-            )
-        elif d.retention < self.warn_retention:
-            warn.append(
-                f"retention {d.retention:.2f} < {self.warn_retention:g}: fidelity errors are under-weighted"
-            )
-        if not d.selectivity >= self.unfit_selectivity:
-            unfit.append(
-                f"selectivity {d.selectivity:.1f} < {self.unfit_selectivity:g}: AESOP would penalise "
-                "invented detail about as much as errors, like L1"
-            )
-        elif d.selectivity < self.warn_selectivity:
-            warn.append(
-                f"selectivity {d.selectivity:.1f} < {self.warn_selectivity:g}: detail is still penalised"
-            )
+        elif ret < self.warn_retention:
+            warn.append(low("retention", ret, self.warn_retention, 2, "fidelity errors are under-weighted"))
+        if not sel >= self.unfit_selectivity:
+            why = "AESOP would penalise invented detail about as much as errors, like L1"
+            unfit.append(low("selectivity", sel, self.unfit_selectivity, 1, why))
+        elif sel < self.warn_selectivity:
+            warn.append(low("selectivity", sel, self.warn_selectivity, 1, "detail is still penalised"))
         if d.lr_psnr < self.warn_lr_psnr:
-            warn.append(
-                f"bottleneck vs LR PSNR {d.lr_psnr:.1f} dB < {self.warn_lr_psnr:g}: the bottleneck is not "
-                "the bicubic LR image"
-            )
+            why = "the bottleneck is not the bicubic LR image"
+            warn.append(low("bottleneck vs LR PSNR", d.lr_psnr, self.warn_lr_psnr, 1, why, " dB"))
         gains = d.colour_gains
         low_colour = [
-            f"{k.capitalize()} {gains[k]:.2f}" for k in ("cb", "cr") if gains[k] < self.warn_colour_gain
+            f"{k.capitalize()} {_below(gains[k], self.warn_colour_gain)}"
+            for k in ("cb", "cr")
+            if gains[k] < self.warn_colour_gain
         ]
         if low_colour:
             warn.append(
@@ -132,9 +138,27 @@ class Thresholds:
             warn.append(
                 f"Y gain {gains['y']:.2f} outside [{lo:g}, {hi:g}]: brightness errors are mis-weighted"
             )
+        cosine = d.teacher_grad_cosine
+        if cosine is not None and not cosine >= self.warn_teacher_cosine:
+            why = "the student steers an SR net differently (distil longer, or with a larger student)"
+            warn.append(low("gradient cosine to the teacher", cosine, self.warn_teacher_cosine, 3, why))
         if unfit:
             return "unfit", unfit + warn
         return ("warn" if warn else "ok"), warn
+
+
+def _below(value: float, limit: float, digits: int = 2) -> str:
+    """``value`` with as many decimals as it takes to show it below ``limit`` (0.195 is not "0.20 < 0.2").
+
+    Examples:
+        >>> _below(0.195, 0.2), _below(0.15, 0.2), _below(25.96, 26.0, 1)
+        ('0.195', '0.15', '25.96')
+    """
+    text = f"{value:.{digits}f}"
+    while float(text) >= limit and digits < 8:
+        digits += 1
+        text = f"{value:.{digits}f}"
+    return text
 
 
 THRESHOLDS = Thresholds()
@@ -154,6 +178,12 @@ class Diagnosis:
         retention: fidelity_ratio.
         colour_gains: ``{"y", "cb", "cr"}`` gains of a uniform input offset (about 1 is good).
         images: How many images were measured.
+        tiles: How many tiles, over all images.
+        recon_psnr_per_image: Each image's reconstruction PSNR (mean over its tiles), dB.
+        teacher_grad_cosine: With a teacher: cosine between the two AEs' AESOP gradients w.r.t.
+            an SR-like input (1 = the same direction), else None.
+        teacher_loss_ratio: With a teacher: the student's AESOP value over the teacher's on those
+            inputs, else None.
         verdict: ``"ok"``, ``"warn"`` or ``"unfit"``.
         reasons: Why, one line each (empty for ``"ok"``).
     """
@@ -166,6 +196,10 @@ class Diagnosis:
     retention: float
     colour_gains: dict[str, float]
     images: int
+    tiles: int = 0
+    recon_psnr_per_image: list[float] = dataclasses.field(default_factory=list)
+    teacher_grad_cosine: float | None = None
+    teacher_loss_ratio: float | None = None
     verdict: str = "ok"
     reasons: list[str] = dataclasses.field(default_factory=list)
 
@@ -196,8 +230,19 @@ class Diagnosis:
             ("selectivity", f"{self.selectivity:.1f}", "fidelity ratio / detail ratio"),
             ("colour gains", f"Y {g['y']:.2f} Cb {g['cb']:.2f} Cr {g['cr']:.2f}", "offsets passed (about 1)"),
         ]
-        lines = [f"{name:<23}{value:<24}{what}" for name, value, what in rows]
-        lines.append(f"verdict: {self.verdict} ({self.images} images)")
+        if self.teacher_grad_cosine is not None and self.teacher_loss_ratio is not None:
+            rows += [
+                ("gradient cosine", f"{self.teacher_grad_cosine:.4f}", "to the teacher's AESOP gradient (1)"),
+                ("loss ratio", f"{self.teacher_loss_ratio:.3f}", "AESOP value / the teacher's (about 1)"),
+            ]
+        per_image = self.recon_psnr_per_image
+        if len(per_image) > 1:
+            name, value, what = rows[0]
+            rows[0] = (name, f"{value} (images {min(per_image):.1f}-{max(per_image):.1f})", what)
+        width = max(len(value) for _, value, _ in rows) + 2
+        lines = [f"{name:<23}{value:<{width}}{what}" for name, value, what in rows]
+        tiles = f", {self.tiles} tiles" if self.tiles else ""
+        lines.append(f"verdict: {self.verdict} ({self.images} images{tiles})")
         lines += [f"  - {reason}" for reason in self.reasons]
         return "\n".join(lines)
 
@@ -273,24 +318,102 @@ def colour_gains(
     return gains
 
 
+def gradient_agreement(
+    student: AutoEncoder, teacher: AutoEncoder, images: Sequence[Tensor] | None = None, *,
+    size: int = 128, tiles: int = 4, seed: int = 0,
+) -> tuple[float, float]:  # fmt: skip
+    """How alike two AEs steer an SR net: their AESOP gradients on SR-like inputs, compared.
+
+    For each image ``x`` the SR-like input is ``x`` plus null-space detail plus a low-frequency
+    error of equal energy (what ``diagnose`` measures with). The gradients of
+    ``mean |AE(sr) - AE(x)|`` w.r.t. ``sr`` are flattened over all images and compared.
+
+    Args:
+        student: The AE to judge (e.g. a compact AE).
+        teacher: The AE it should agree with, on the same device.
+        images: As in ``diagnose`` (default: the bundled photos).
+        size: Tile size, as in ``diagnose``.
+        tiles: At most this many tiles per image, as in ``diagnose``.
+        seed: Seed of the tiles and the perturbations.
+
+    Returns:
+        ``(cosine, loss_ratio)``: the gradients' cosine similarity (1 = same direction) and the
+        student's summed loss over the teacher's.
+
+    Raises:
+        ValueError: The AEs' scales differ, or an image is unusable.
+
+    Examples:
+        >>> ae = AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8)
+        >>> cosine, ratio = gradient_agreement(ae, ae, size=32)
+        >>> round(cosine, 6), round(ratio, 6)
+        (1.0, 1.0)
+    """
+    if student.scale != teacher.scale:
+        raise ValueError(
+            f"gradient_agreement: the student is x{student.scale}, the teacher x{teacher.scale}."
+        )
+    images = sample_images() if images is None else list(images)
+    if not images:
+        raise ValueError("gradient_agreement: no images to measure on.")
+    device, s = next(student.parameters()).device, student.scale
+    modes = student.training, teacher.training
+    student.eval()
+    teacher.eval()
+    gen = torch.Generator().manual_seed(seed)
+    pick = random.Random(seed)
+    grads: dict[str, list[Tensor]] = {"s": [], "t": []}
+    losses = {"s": 0.0, "t": 0.0}
+    for x in (tile.to(device) for img in images for tile in _tiles(img, size, s, tiles, pick)):
+        detail = null_space_detail(x.double().cpu(), s, 0.08, gen)
+        low = low_frequency_change(x.double().cpu(), float(detail.norm()))
+        sr_like = (x + (detail + low).to(device, x.dtype)).detach()
+        for key, ae in (("s", student), ("t", teacher)):
+            with torch.no_grad():
+                target = ae(x)
+            sr = sr_like.clone().requires_grad_(True)
+            with torch.enable_grad():
+                loss = (ae(sr) - target).abs().mean()
+                (grad,) = torch.autograd.grad(loss, sr)
+            grads[key].append(grad.flatten().double())
+            losses[key] += float(loss.detach())
+    student.train(modes[0])
+    teacher.train(modes[1])
+    gs, gt = torch.cat(grads["s"]), torch.cat(grads["t"])
+    cosine = float(torch.dot(gs, gt) / (gs.norm() * gt.norm()).clamp_min(1e-30))
+    return cosine, losses["s"] / losses["t"] if losses["t"] > 0 else float("inf")
+
+
 @torch.no_grad()
 def diagnose(
     ae: AutoEncoder,
     images: Sequence[Tensor] | None = None,
     *,
     size: int = 128,
+    tiles: int = 4,
     seed: int = 0,
     thresholds: Thresholds = THRESHOLDS,
+    teacher: AutoEncoder | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Diagnosis:
     """Measure how fit ``ae`` is for the AESOP loss (see the module docstring) and give a verdict.
 
+    Each image is measured on up to ``tiles`` tiles of ``size`` taken from a grid that covers it
+    (seeded, so a report is repeatable), so that a large photo counts by more than its centre; the
+    image's numbers are the mean over its tiles, and the report's the mean over images, with the
+    spread of the reconstruction PSNR across images.
+
     Args:
         ae: The autoencoder, on any device.
-        images: ``(3, H, W)`` images, uint8 (or float in [0, 1]); centre crops of ``size`` are
-            measured. Default: the bundled sample photos.
-        size: Crop size (made a multiple of the AE's scale); smaller images are used whole.
-        seed: Seed of the null-space detail.
+        images: ``(3, H, W)`` images, uint8 (or float in [0, 1]). Default: the bundled sample
+            photos (128x128 each, so one tile each at the default size).
+        size: Tile size (made a multiple of the AE's scale); smaller images are used whole.
+        tiles: At most this many tiles per image.
+        seed: Seed of the tile choice and of the null-space detail.
         thresholds: Where the verdict turns.
+        teacher: Another AE (same scale, same device) to compare gradients with
+            (``gradient_agreement``), e.g. the AE a compact one was distilled from.
+        progress: Called as ``progress(done, total)`` after each image (a progress bar's hook).
 
     Returns:
         The measurements and the verdict.
@@ -301,57 +424,84 @@ def diagnose(
     Examples:
         >>> ae = AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8)  # untrained
         >>> d = diagnose(ae, size=64)
-        >>> d.verdict, d.recon_psnr < 20
-        ('unfit', True)
+        >>> d.verdict, d.recon_psnr < 20, d.tiles
+        ('unfit', True, 28)
     """
     images = sample_images() if images is None else list(images)
     if not images:
         raise ValueError("diagnose: no images to measure on.")
+    if tiles < 1:
+        raise ValueError(f"diagnose: tiles must be >= 1, got {tiles}.")
     param = next(ae.parameters())
     device, s = param.device, ae.scale
     was_training = ae.training
     ae.eval()
     gen = torch.Generator().manual_seed(seed)
-    sums: dict[str, float] = {"recon": 0.0, "lr": 0.0, "d_l1": 0.0, "d_ae": 0.0, "f_l1": 0.0, "f_ae": 0.0}
+    pick = random.Random(seed)
+    sums: dict[str, float] = {"lr": 0.0, "d_l1": 0.0, "d_ae": 0.0, "f_l1": 0.0, "f_ae": 0.0}
     gains = {"y": 0.0, "cb": 0.0, "cr": 0.0}
-    for img in images:
-        x = _crop(img, size, s).to(device)
-        z = ae.encode(x)
-        base = ae.decode(z)
-        sums["recon"] += float(psnr(base, x, crop_border=s))
-        sums["lr"] += float(psnr(z, make_lr(x, s), crop_border=1))
-        detail = null_space_detail(x.double().cpu(), s, 0.08, gen)
-        low = low_frequency_change(x.double().cpu(), float(detail.norm()))
-        for key, delta in (("d", detail), ("f", low)):
-            moved = x + delta.to(device, x.dtype)
-            sums[f"{key}_l1"] += float((moved - x).abs().mean())
-            sums[f"{key}_ae"] += float((ae(moved) - base).abs().mean())
-        for name, gain in colour_gains(ae, x, base=base).items():
-            gains[name] += gain
+    recon: list[float] = []
+    count = 0
+    for i, img in enumerate(images):
+        per_tile = []
+        for x in _tiles(img, size, s, tiles, pick):
+            x = x.to(device)
+            z = ae.encode(x)
+            base = ae.decode(z)
+            per_tile.append(float(psnr(base, x, crop_border=s)))
+            sums["lr"] += float(psnr(z, make_lr(x, s), crop_border=1))
+            detail = null_space_detail(x.double().cpu(), s, 0.08, gen)
+            low = low_frequency_change(x.double().cpu(), float(detail.norm()))
+            for key, delta in (("d", detail), ("f", low)):
+                moved = x + delta.to(device, x.dtype)
+                sums[f"{key}_l1"] += float((moved - x).abs().mean())
+                sums[f"{key}_ae"] += float((ae(moved) - base).abs().mean())
+            for name, gain in colour_gains(ae, x, base=base).items():
+                gains[name] += gain
+            count += 1
+        recon.append(sum(per_tile) / len(per_tile))
+        if progress is not None:
+            progress(i + 1, len(images))
     ae.train(was_training)
-    n = len(images)
     detail_ratio = sums["d_ae"] / sums["d_l1"]
     fidelity_ratio = sums["f_ae"] / sums["f_l1"]
     diagnosis = Diagnosis(
-        recon_psnr=sums["recon"] / n,
-        lr_psnr=sums["lr"] / n,
+        recon_psnr=sum(recon) / len(recon),
+        lr_psnr=sums["lr"] / count,
         detail_ratio=detail_ratio,
         fidelity_ratio=fidelity_ratio,
         selectivity=fidelity_ratio / detail_ratio if detail_ratio > 0 else float("inf"),
         retention=fidelity_ratio,
-        colour_gains={k: v / n for k, v in gains.items()},
-        images=n,
+        colour_gains={k: v / count for k, v in gains.items()},
+        images=len(images),
+        tiles=count,
+        recon_psnr_per_image=recon,
     )
+    if teacher is not None:
+        cosine, ratio = gradient_agreement(ae, teacher, images, size=size, tiles=tiles, seed=seed)
+        diagnosis.teacher_grad_cosine, diagnosis.teacher_loss_ratio = cosine, ratio
     diagnosis.verdict, diagnosis.reasons = thresholds.judge(diagnosis)
     return diagnosis
 
 
-def _crop(img: Tensor, size: int, scale: int) -> Tensor:
+def _starts(length: int, tile: int) -> list[int]:
+    """Evenly spaced tile offsets that cover ``[0, length)`` (the last tile ends at the edge)."""
+    n = math.ceil(length / tile)
+    return [0] if n == 1 else [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+def _tiles(img: Tensor, size: int, scale: int, count: int, pick: random.Random) -> list[Tensor]:
+    """Up to ``count`` tiles of ``size`` (a multiple of ``scale``) from a grid covering ``img``."""
     if img.ndim != 3 or img.shape[0] != 3:
         raise ValueError(f"diagnose: images must be (3, H, W), got shape {tuple(img.shape)}.")
-    h, w = (min(size, d) // scale * scale for d in img.shape[-2:])
+    height, width = img.shape[-2:]
+    h, w = (min(size, d) // scale * scale for d in (height, width))
     if min(h, w) < 4 * scale:
-        raise ValueError(f"diagnose: an image of {img.shape[-1]}x{img.shape[-2]} is too small for x{scale}.")
-    top, left = (img.shape[-2] - h) // 2, (img.shape[-1] - w) // 2
-    x = img[:, top : top + h, left : left + w]
-    return (x.float() / 255 if not x.is_floating_point() else x.float())[None]
+        raise ValueError(f"diagnose: an image of {width}x{height} is too small for x{scale}.")
+    grid = [(top, left) for top in _starts(height, h) for left in _starts(width, w)]
+    chosen = grid if len(grid) <= count else sorted(pick.sample(grid, count))
+    out = []
+    for top, left in chosen:
+        x = img[:, top : top + h, left : left + w]
+        out.append((x.float() / 255 if not x.is_floating_point() else x.float())[None])
+    return out

@@ -39,6 +39,7 @@ from .checkpoints import (
     _load_state_dict_strict,
     _read_weights_header,
     canonicalize_autoencoder,
+    canonicalize_compact,
     canonicalize_rrdbnet,
     read_state_dict,
 )
@@ -63,7 +64,9 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 """A model folder's weights file."""
 CARD_NAME = "README.md"
-_DEMO_AE_DIR = Path(__file__).parent / "pretrained" / "demo"
+_BUNDLED = Path(__file__).parent / "pretrained"
+# Names of the AEs bundled with the package (examples and tests only) -> their folders.
+_DEMO_AES = {"demo": _BUNDLED / "demo", "demo-compact": _BUNDLED / "demo-compact"}
 _FILE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
 # The Hub's rules: org/name of letters, digits, '-', '_', '.'; no '--' or '..'; at most 96 each.
 _REPO_ID = re.compile(r"^(?!.*(?:--|\.\.))[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}(?<![.-])$")
@@ -72,7 +75,7 @@ _CARD_METADATA_KEYS = ("architecture", "aesop_loss_version")
 # weights (the largest published RRDB networks use 64 features, 32 growth channels, 23 blocks).
 _BOUNDS = {
     "num_in_ch": (1, 64), "num_out_ch": (1, 64), "num_feat": (1, 4096), "num_grow_ch": (1, 4096),
-    "num_block": (0, 1024), "scale": (1, 8),
+    "num_block": (0, 1024), "num_conv": (0, 1024), "scale": (1, 8),
 }  # fmt: skip
 
 M = TypeVar("M", bound="nn.Module")
@@ -145,9 +148,11 @@ def _render_card(model: nn.Module, info: ModelCardInfo) -> str:
         info.description
         or (
             "Frozen autoencoder for the AESOP loss (Lee et al., CVPR 2025): a learned encoder to a "
-            "3-channel LR-sized bottleneck and a PSNR-oriented RRDBNet decoder."
+            "3-channel LR-sized bottleneck and a PSNR-oriented "
+            + ("SRVGGNetCompact" if config.get("decoder") == "compact" else "RRDBNet")
+            + " decoder."
             if arch == "AutoEncoder"
-            else "ESRGAN-family RRDBNet generator in BasicSR layout."
+            else f"{arch} generator in BasicSR layout."
         ),
         "",
         "```python",
@@ -254,7 +259,11 @@ def push_model_to_hub(
         return push_folder_to_hub(tmp, repo_id, token=token, private=private)
 
 
-_CANONICALIZERS = {"AutoEncoder": canonicalize_autoencoder, "RRDBNet": canonicalize_rrdbnet}
+_CANONICALIZERS = {
+    "AutoEncoder": canonicalize_autoencoder,
+    "RRDBNet": canonicalize_rrdbnet,
+    "SRVGGNetCompact": canonicalize_compact,
+}
 
 
 def _architecture(cls: type) -> str:
@@ -262,7 +271,7 @@ def _architecture(cls: type) -> str:
     for klass in cls.__mro__:
         if klass.__name__ in _CANONICALIZERS:
             return klass.__name__
-    raise TypeError(f"cannot load {cls.__name__} checkpoints; expected an AutoEncoder or RRDBNet.")
+    raise TypeError(f"cannot load {cls.__name__} checkpoints; expected one of {', '.join(_CANONICALIZERS)}.")
 
 
 def _canonicalize(
@@ -396,14 +405,15 @@ def load_model(
     """
     text = os.fspath(src)
     path = Path(text).expanduser()
-    if text == "demo" and not path.exists():
+    if text in _DEMO_AES and not path.exists():
+        folder = _DEMO_AES[text]
         if _architecture(cls) != "AutoEncoder":
             raise CheckpointError(
-                "'demo' names the bundled demo autoencoder; use AutoEncoder.from_pretrained."
+                f"{text!r} names a bundled demo autoencoder; use AutoEncoder.from_pretrained."
             )
-        if not _DEMO_AE_DIR.is_dir():
+        if not folder.is_dir():
             raise CheckpointError(
-                f"the demo AE is missing from this installation ({_DEMO_AE_DIR}); reinstall aesop-loss."
+                f"the {text} AE is missing from this installation ({folder}); reinstall aesop-loss."
             )
         warnings.warn(
             "Loaded the bundled demo AE, trained on a handful of sample images: fine for examples "
@@ -412,7 +422,7 @@ def load_model(
             UserWarning,
             stacklevel=4,
         )
-        return _finish(_load_folder(cls, _DEMO_AE_DIR, label="demo AE"), device)
+        return _finish(_load_folder(cls, folder, label=f"{text} AE"), device)
     if path.is_dir():
         return _finish(_load_folder(cls, path), device)
     if path.is_file():
@@ -458,7 +468,8 @@ class HubMixin:
         every hyperparameter is inferred from tensor shapes. A folder's ``config.json`` is checked
         against its weights' shapes before the model is built. Loading is always strict, and
         ``.pth`` files are read with ``weights_only=True``. ``"demo"`` names the small AE bundled
-        with the package (examples and tests only).
+        with the package, ``"demo-compact"`` a compact AE distilled from it (examples and tests
+        only).
 
         Args:
             src: Hub repo id (``org/name`` or ``org/name@revision``), ``"demo"``, a folder written

@@ -83,7 +83,8 @@ def imresize(x: Tensor, scale: float, *, antialias: bool = True) -> Tensor:
 
 def make_lr(hr: Tensor, scale: int) -> Tensor:
     """The LR image of ``hr`` as bicubic SR datasets make it: MATLAB ``imresize(hr, 1/scale)`` in
-    float64, clipped to [0, 1] and rounded to 8 bits (what saving it as a PNG does).
+    float64 on the 0-255 scale, clipped and rounded to 8 bits as MATLAB's ``uint8`` conversion does
+    (halves away from zero, where ``torch.round`` would round them to even).
 
     Args:
         hr: HR images ``(..., H, W)`` in [0, 1], float.
@@ -97,5 +98,5 @@ def make_lr(hr: Tensor, scale: int) -> Tensor:
         >>> lr.shape, bool(((lr * 255).round() == lr * 255).all())
         (torch.Size([3, 4, 4]), True)
     """
-    lr = imresize(hr.double(), 1 / scale)
-    return ((lr.clamp(0, 1) * 255).round() / 255).to(hr.dtype)
+    lr = imresize(hr.double() * 255, 1 / scale).clamp(0, 255)
+    return (torch.floor(lr + 0.5) / 255).to(hr.dtype)  # non-negative: floor(v + 0.5) is MATLAB's round

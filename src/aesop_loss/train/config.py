@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,23 @@ import torch
 
 from ..cli import CLIError
 
-__all__ = ["AMP_DTYPES", "PretrainConfig", "amp_dtype", "check_device"]
+__all__ = ["AMP_DTYPES", "PRESETS", "PretrainConfig", "amp_dtype", "check_device"]
 
 # --amp values and the autocast dtype each one means (None: no autocast).
 AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# --preset NAME: settings a run starts from; a flag given on the command line wins over its preset value.
+PRESETS: dict[str, dict[str, Any]] = {
+    # try the tool: a tiny AE, about a minute on a 2-core CPU (20 dB reconstruction, not for research)
+    "tiny": {"num_feat": 16, "num_block": 1, "num_grow_ch": 8, "crop": 64, "batch_size": 4, "steps": 300,
+             "lr": 1e-3, "ema": 0.99, "save_every": 100, "val_every": 100, "log_every": 20},
+    # the bundled demo AE's recipe (examples/README.md): 8,000 steps, about 25 minutes on a 2-core CPU
+    "demo": {"num_feat": 32, "num_block": 2, "num_grow_ch": 16, "crop": 48, "batch_size": 8, "steps": 8000,
+             "lr": 5e-4, "ema": 0.995, "color_jitter": 0.25, "save_every": 500, "val_every": 1000,
+             "log_every": 100},
+    "paper": {},  # the defaults: the paper's recipe, for GPUs
+}  # fmt: skip
+"""The settings of each ``--preset``."""
 
 GROUPS = ("data", "model (mirrors AutoEncoder's constructor)", "optimisation (defaults: the paper)",
           "hardware", "output")  # fmt: skip
@@ -96,6 +110,11 @@ class PretrainConfig:
     out: Path = dataclasses.field(
         metadata=_required("run folder; a loadable model folder after the first save", 4)
     )
+    preset: str | None = _opt(
+        None, "start from named settings: tiny (a minute on a CPU, to try the tool), demo (the bundled "
+        "demo AE's recipe, ~25 min on a CPU) or paper (the defaults, for GPUs); flags you give win",
+        1, choices=tuple(PRESETS),
+    )  # fmt: skip
     data_dir: str | None = _opt(None, "download/cache folder (default ~/.cache/aesop-loss/datasets)", 0)
     val: str | None = _opt(
         None, "folder of validation HR images, or 'none' (default: 10 DIV2K val images for named datasets)", 0
@@ -108,14 +127,36 @@ class PretrainConfig:
         0, resume=True, low=0.0, below=1.0,
     )  # fmt: skip
     num_feat: int = _opt(64, "trunk width", 1, resume=True, low=1, high=1024)
-    num_block: int = _opt(23, "RRDB blocks in the decoder", 1, resume=True, low=0, high=256)
+    num_block: int = _opt(
+        23, "decoder depth: RRDB blocks (rrdb) or hidden convs (compact)", 1, resume=True, low=0, high=256
+    )
     num_grow_ch: int = _opt(32, "growth channels of the dense blocks", 1, resume=True, low=1, high=1024)
     scale: int = _opt(4, "bottleneck downscaling factor", 1, resume=True, choices=(2, 4))
     encoder: str = _opt("learned", "the paper's learned encoder, or fixed bicubic", 1, resume=True,
                         choices=("learned", "bicubic"))  # fmt: skip
+    decoder: str = _opt(
+        "rrdb", "the paper's RRDBNet decoder, or SRVGGNetCompact (--num-block hidden convs; a cheaper loss)",
+        1, resume=True, choices=("rrdb", "compact"),
+    )  # fmt: skip
     decoder_init: str | None = _opt(
-        None, "PSNR-oriented generator for the decoder (path or Hub id, any ESRGAN layout)", 1
+        None, "PSNR-oriented generator for the decoder (path or Hub id; any ESRGAN layout, or a "
+        "Real-ESRGAN SRVGGNetCompact with --decoder compact)", 1,
+    )  # fmt: skip
+    teacher: str | None = _opt(
+        None, "distil from this AE (folder, file, Hub id, demo): adds --distill-weight * "
+        "L1(AE(HR), teacher(HR)); a student with the teacher's encoder shape starts from its encoder",
+        1, resume=True, metavar="AE",
+    )  # fmt: skip
+    distill_weight: float = _opt(
+        1.0, "weight of the distillation term (with --teacher)", 2, resume=True, low=0.0
     )
+    distill_noise: float = _opt(
+        0.0, "with --teacher, also distil the AE's response to SR-like errors: perturb each crop by up "
+        "to this amplitude (random low-frequency change + white noise) and add "
+        "L1(student(x+d) - student(x) - teacher(x+d) + teacher(x)) / this, so that the student's loss "
+        "gradients point like the teacher's (default off; about 1.6x the step time)",
+        2, resume=True, low=0.0, high=1.0,
+    )  # fmt: skip
     freeze_decoder_steps: int = _opt(0, "keep the decoder frozen this many steps (-1: always)", 1, low=-1)
     steps: int = _opt(100_000, "optimisation steps", 2, low=1)
     batch_size: int = _opt(16, "per process", 2, resume=True, low=1, high=65_536)
@@ -137,6 +178,7 @@ class PretrainConfig:
     log_every: int = _opt(50, "steps between metrics.jsonl records", 4, low=1)
     resume: bool = _opt(False, "continue the run in --out", 4)
     push_to_hub: str | None = _opt(None, "publish the final folder", 4, metavar="REPO_ID")
+    force: bool = _opt(False, "run even if the estimated memory per step exceeds what is free", 3)
     world_size: int = _opt(1, "processes (set from torchrun)", 3, resume=True, flag=False)
     command: str = _opt("", "the command line, for the model card", 4, flag=False)
 
@@ -154,7 +196,7 @@ class PretrainConfig:
         for f in dataclasses.fields(self):
             meta, value = f.metadata, getattr(self, f.name)
             allowed = _allowed(meta, f.type)
-            if allowed is None:
+            if allowed is None or (value is None and f.default is None):  # not given: nothing to check
                 continue
             if meta.get("choices") is not None:
                 ok = value in meta["choices"]
@@ -219,10 +261,27 @@ class PretrainConfig:
         return p
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, command: str = "") -> PretrainConfig:
-        """The config of parsed command-line arguments."""
+    def from_args(
+        cls, args: argparse.Namespace, command: str = "", argv: Sequence[str] = ()
+    ) -> PretrainConfig:
+        """The config of parsed command-line arguments; ``--preset`` values fill the flags that
+        ``argv`` does not give.
+
+        Examples:
+            >>> argv = ["--data", "d", "--out", "o", "--preset", "tiny", "--steps", "50"]
+            >>> args = PretrainConfig.parser(prog="p", description=None).parse_args(argv)
+            >>> cfg = PretrainConfig.from_args(args, argv=argv)
+            >>> cfg.num_feat, cfg.steps
+            (16, 50)
+        """
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in vars(args).items() if k in names}, command=command)
+        values = {k: v for k, v in vars(args).items() if k in names}
+        given = {token.split("=", 1)[0] for token in argv if token.startswith("--")}
+        for key, value in PRESETS.get(values.get("preset") or "", {}).items():
+            flag = cls.flag(key)
+            if flag not in given and flag.replace("--", "--no-", 1) not in given:
+                values[key] = value
+        return cls(**values, command=command)
 
 
 def _in_range(value: float, meta: Any) -> bool:

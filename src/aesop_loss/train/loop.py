@@ -26,12 +26,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .._io import WriteError, atomic_path
-from ..archs import AutoEncoder, RRDBNet
+from ..archs import AutoEncoder, RRDBNet, SRVGGNetCompact
+from ..checkpoints import CheckpointError
 from ..cli import CLIError
 from ..diagnostics import Diagnosis, diagnose
 from ..hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, push_folder_to_hub
 from ..metrics import psnr
 from ..resize import make_lr
+from .budget import check_budget
 from .config import PretrainConfig, amp_dtype
 from .data import (
     _DECODE_ERRORS,
@@ -47,7 +49,7 @@ from .ema import ema_update
 from .runs import RunFolder
 from .signals import StopRequest, ignore_stop_signals
 
-__all__ = ["Distributed", "PretrainRun", "train"]
+__all__ = ["Distributed", "PretrainRun", "load_teacher", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +140,9 @@ class PretrainRun:
         env: This process's rank and device (default: a single process on ``cfg.device``).
     """
 
-    def __init__(self, cfg: PretrainConfig, env: Distributed | None = None) -> None:
+    def __init__(
+        self, cfg: PretrainConfig, env: Distributed | None = None, *, teacher: AutoEncoder | None = None
+    ) -> None:
         if env is None:  # one process, on cfg.device (default: CUDA when present)
             default = "cuda" if torch.cuda.is_available() else "cpu"
             env = Distributed(device=torch.device(cfg.device or default))
@@ -146,10 +150,16 @@ class PretrainRun:
         self.out = Path(cfg.out)
         self.ckpt = self.out / "checkpoints" / "last.pt"
         torch.manual_seed(cfg.seed)
-        arch = {k: getattr(cfg, k) for k in ("num_feat", "num_block", "num_grow_ch", "scale", "encoder")}
+        keys = ("num_feat", "num_block", "num_grow_ch", "scale", "encoder", "decoder")
+        arch = {k: getattr(cfg, k) for k in keys}
         if cfg.decoder_init:
-            decoder = RRDBNet.from_pretrained(cfg.decoder_init)
-            self.ae = AutoEncoder.from_decoder(decoder, encoder=cfg.encoder)  # type: ignore[arg-type]
+            generator = SRVGGNetCompact if cfg.decoder == "compact" else RRDBNet
+            decoder = generator.from_pretrained(cfg.decoder_init)
+            self.ae = AutoEncoder.from_decoder(
+                decoder,
+                encoder=cfg.encoder,  # type: ignore[arg-type]
+                num_grow_ch=cfg.num_grow_ch,
+            )
             if {k: self.ae.config[k] for k in arch} != arch:
                 logger.info("architecture taken from --decoder-init: %s", self.ae.config)
                 for key, value in self.ae.config.items():
@@ -157,6 +167,13 @@ class PretrainRun:
                         setattr(cfg, key, value)
         else:
             self.ae = AutoEncoder(**arch)
+        self.teacher = teacher if teacher is not None else load_teacher(cfg)
+        if self.teacher is not None:
+            self.teacher.to(env.device)
+            own = {k: v for k, v in self.ae.config.items() if k in _ENCODER_SHAPE}
+            if own == {k: v for k, v in self.teacher.config.items() if k in _ENCODER_SHAPE}:
+                self.ae.encoder.load_state_dict(self.teacher.encoder.state_dict())
+                logger.info("the student starts from the teacher's encoder (same encoder shape)")
         cuda = env.device.type == "cuda"
         self.ae.to(env.device)
         if cuda:
@@ -282,19 +299,44 @@ class PretrainRun:
         return min(self.cfg.ema, (1 + step) / (10 + step))
 
     # -- one step -----------------------------------------------------------------------------------
+    def _perturbed(self, hr: Tensor) -> Tensor:
+        """``hr`` plus an SR-like error of amplitude up to ``--distill-noise`` per crop: a random
+        low-frequency change (LR-sized noise, bicubic-upscaled) and white noise, half each. Seeded by
+        the step and the rank, so a resumed run draws the same perturbations."""
+        n, c, h, w = hr.shape
+        s = self.cfg.scale
+        gen = torch.Generator().manual_seed(
+            (self.cfg.seed * 1_000_003 + self.step) * self.env.world + self.env.rank
+        )
+        amp = torch.rand(n, 1, 1, 1, generator=gen) * self.cfg.distill_noise
+        low = F.interpolate(torch.randn(n, c, h // s, w // s, generator=gen), size=(h, w), mode="bicubic")
+        delta = amp * (low + torch.randn(n, c, h, w, generator=gen)) / 2
+        return hr + delta.to(hr.device, hr.dtype)
+
     def train_step(self, hr: Tensor, lr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         model = self._wrap(self.step)
         dev = self.env.device
         fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
         hr = hr.to(dev, non_blocking=True).to(memory_format=fmt).float().div_(255)
         lr = lr.to(dev, non_blocking=True).to(memory_format=fmt).float().div_(255)
-        with torch.autocast(
-            dev.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
-        ):
-            recon, z = model(hr)
-        rec = F.l1_loss(recon.float(), hr)
-        bott = F.l1_loss(z.float(), lr)
+        amp = {"dtype": self.amp_dtype or torch.float32, "enabled": self.amp_dtype is not None}
+        perturb = self.teacher is not None and self.cfg.distill_noise > 0
+        x = torch.cat((hr, self._perturbed(hr))) if perturb else hr  # one pass over both
+        with torch.autocast(dev.type, **amp):  # type: ignore[arg-type]
+            recon, z = model(x)
+        n = hr.shape[0]
+        rec = F.l1_loss(recon[:n].float(), hr)
+        bott = F.l1_loss(z[:n].float(), lr)
         loss = rec + self.cfg.bottleneck_weight * bott
+        if self.teacher is not None:  # distillation: the teacher's projection of the same crops
+            with torch.no_grad(), torch.autocast(dev.type, **amp):  # type: ignore[arg-type]
+                target = self.teacher(x).float()
+            student = recon.float()
+            distill = F.l1_loss(student[:n], target[:n])
+            if perturb:  # the response to the perturbation, scale-free: how the student's gradients point
+                moved = (student[n:] - student[:n]) - (target[n:] - target[:n])
+                distill = distill + moved.abs().mean() / self.cfg.distill_noise
+            loss = loss + self.cfg.distill_weight * distill
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -302,6 +344,30 @@ class PretrainRun:
         ema_update(self._ema_params, self._params, self.ema_decay(self.step))
         self.step += 1
         return rec.detach(), bott.detach(), loss.detach()
+
+
+# An AE's encoder is determined by these settings: a student that shares them with its teacher
+# starts from the teacher's encoder.
+_ENCODER_SHAPE = ("num_in_ch", "num_feat", "num_grow_ch", "scale", "encoder")
+
+
+def load_teacher(cfg: PretrainConfig) -> AutoEncoder | None:
+    """The frozen teacher AE that ``--teacher`` names (None without one), checked against the run.
+
+    Raises:
+        CLIError: The teacher cannot be read, or its scale differs from ``--scale``.
+    """
+    if not cfg.teacher:
+        return None
+    try:
+        with warnings.catch_warnings():  # distilling the bundled demo is a documented use
+            warnings.filterwarnings("ignore", message="Loaded the bundled demo AE")
+            teacher = AutoEncoder.from_pretrained(cfg.teacher)
+    except CheckpointError as exc:
+        raise CLIError(f"--teacher: {exc}") from None
+    if teacher.scale != cfg.scale:
+        raise CLIError(f"--teacher {cfg.teacher} is a x{teacher.scale} AE; this run is --scale {cfg.scale}.")
+    return teacher.requires_grad_(False).eval()
 
 
 def train(cfg: PretrainConfig) -> Path:
@@ -321,20 +387,32 @@ def train(cfg: PretrainConfig) -> Path:
             Ctrl-C aborted it mid-step).
     """
     cfg.validate()
+    teacher = load_teacher(cfg)  # before the folder is claimed: a bad --teacher leaves nothing behind
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    check_budget(cfg, _run_device(cfg), teacher=teacher, force=cfg.force, report=main_process)  # too big
     folder = RunFolder(cfg.out, tool="pretrain", writes=_RUN_FILES, legacy="checkpoints/last.pt",
                        resume=cfg.resume)  # fmt: skip
-    if int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes the folder, so it holds the lock
+    if main_process:  # rank 0 writes the folder, so it holds the lock
         folder.claim()
     try:
         env = _setup_distributed(cfg.device)
         cfg.world_size = env.world
         try:
-            return _train(cfg, env, folder)
+            return _train(cfg, env, folder, teacher)
         finally:
             if env.world > 1 and dist.is_initialized():
                 dist.destroy_process_group()
     finally:
         folder.release()
+
+
+def _run_device(cfg: PretrainConfig) -> torch.device:
+    """The device this process will train on (``--device``, else its GPU under torchrun, else CUDA or CPU)."""
+    if cfg.device:
+        return torch.device(cfg.device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
 
 
 def _append(path: Path, record: dict[str, Any], step: int, run: PretrainRun) -> None:
@@ -363,7 +441,7 @@ def _stop_if_nonfinite(first: Tensor, run: PretrainRun) -> None:
         )
 
 
-def _train(cfg: PretrainConfig, env: Distributed, folder: RunFolder) -> Path:
+def _train(cfg: PretrainConfig, env: Distributed, folder: RunFolder, teacher: AutoEncoder | None) -> Path:
     if not env.main:
         logging.getLogger("aesop_loss").setLevel(logging.WARNING)
     try:
@@ -372,7 +450,7 @@ def _train(cfg: PretrainConfig, env: Distributed, folder: RunFolder) -> Path:
     except DataError as exc:
         raise CLIError(str(exc)) from exc
     out = Path(cfg.out)
-    run = PretrainRun(cfg, env)
+    run = PretrainRun(cfg, env, teacher=teacher)
     if cfg.resume:
         run.load()
     elif (out / "checkpoints" / "last.pt").exists():
@@ -411,7 +489,7 @@ def _train(cfg: PretrainConfig, env: Distributed, folder: RunFolder) -> Path:
     )
     val_set = _validation_set(val_paths, cfg.scale) if env.main else []
     bar = tqdm(total=cfg.steps, initial=run.step, desc="pretrain", disable=not env.main, dynamic_ncols=True)
-    sums = torch.zeros(2, device=env.device)
+    sums = torch.zeros(3, device=env.device)
     first_bad = torch.full((), -1, dtype=torch.long, device=env.device)
     window, t0 = 0, time.perf_counter()
     batches = iter(loader)
@@ -425,13 +503,13 @@ def _train(cfg: PretrainConfig, env: Distributed, folder: RunFolder) -> Path:
                     raise CLIError(str(exc).strip().splitlines()[-1]) from None
                 rec, bott, loss = run.train_step(hr, lr)
                 first_bad = _first_nonfinite(first_bad, run.step, loss)
-                sums += torch.stack((rec, bott))
+                sums += torch.stack((rec, bott, loss))
                 window += 1
                 bar.update(1)
                 saved = run.step % cfg.save_every == 0 or run.step == cfg.steps
                 if run.step % cfg.log_every == 0 or run.step == cfg.steps:
                     _stop_if_nonfinite(first_bad, run)  # syncs anyway, below
-                    rec_m, bott_m = (sums / window).tolist()  # the only host sync, once per log window
+                    rec_m, bott_m, loss_m = (sums / window).tolist()  # the only host sync per log window
                     dt = time.perf_counter() - t0
                     imgs = window * cfg.batch_size * env.world / dt
                     bar.set_postfix(rec=f"{rec_m:.4f}", bott=f"{bott_m:.4f}", img_s=f"{imgs:.1f}")
@@ -439,6 +517,14 @@ def _train(cfg: PretrainConfig, env: Distributed, folder: RunFolder) -> Path:
                         "step": run.step,
                         "loss_rec": rec_m,
                         "loss_bottleneck": bott_m,
+                        **(
+                            {
+                                "loss_distill": (loss_m - rec_m - cfg.bottleneck_weight * bott_m)
+                                / cfg.distill_weight
+                            }
+                            if teacher is not None and cfg.distill_weight > 0
+                            else {}
+                        ),
                         "steps_per_s": window / dt,
                         "images_per_s": imgs,
                     }
@@ -455,6 +541,7 @@ def _train(cfg: PretrainConfig, env: Distributed, folder: RunFolder) -> Path:
                 if saved:
                     _stop_if_nonfinite(first_bad, run)
                     if run.step == cfg.steps and env.main:  # the last save: is the AE fit for AESOP?
+                        bar.close()  # the report starts on a line of its own
                         photos = [hr[0] for hr, _ in val_set] or None  # default: the bundled photos
                         run.diagnosis = diagnose(run.ema, photos)
                         logger.info(
