@@ -8,7 +8,7 @@
    then PSNR, AE-PSNR and LR-PSNR on a held-out photo and a labelled side-by-side PNG
    (LR bicubic | L1 | AESOP | HR), by default examples/output/quickstart.png (``--out`` to change).
 
-    python examples/quickstart.py            # 1-2 minutes on a 2-core CPU
+    python examples/quickstart.py            # about 1 min on an idle 2-core CPU (56 s measured)
     python examples/quickstart.py --smoke    # a few steps, for tests
 """
 

@@ -28,10 +28,10 @@ AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat1
 
 # --preset NAME: settings a run starts from; a flag given on the command line wins over its preset value.
 PRESETS: dict[str, dict[str, Any]] = {
-    # try the tool: a tiny AE, about a minute on a 2-core CPU (20 dB reconstruction, not for research)
+    # try the tool: a tiny AE, about 20 s on a 2-core CPU (about 23 dB reconstruction; not for research)
     "tiny": {"num_feat": 16, "num_block": 1, "num_grow_ch": 8, "crop": 64, "batch_size": 4, "steps": 300,
              "lr": 1e-3, "ema": 0.99, "save_every": 100, "val_every": 100, "log_every": 20},
-    # the bundled demo AE's recipe (examples/README.md): 8,000 steps, about 25 minutes on a 2-core CPU
+    # the bundled demo AE's recipe (its model card): 8,000 steps, 20-25 minutes on a 2-core CPU
     "demo": {"num_feat": 32, "num_block": 2, "num_grow_ch": 16, "crop": 48, "batch_size": 8, "steps": 8000,
              "lr": 5e-4, "ema": 0.995, "color_jitter": 0.25, "save_every": 500, "val_every": 1000,
              "log_every": 100},
@@ -111,8 +111,8 @@ class PretrainConfig:
         metadata=_required("run folder; a loadable model folder after the first save", 4)
     )
     preset: str | None = _opt(
-        None, "start from named settings: tiny (a minute on a CPU, to try the tool), demo (the bundled "
-        "demo AE's recipe, ~25 min on a CPU) or paper (the defaults, for GPUs); flags you give win",
+        None, "start from named settings: tiny (about 20 s on a CPU, to try the tool), demo (the bundled "
+        "demo AE's recipe, 20-25 min on a CPU) or paper (the defaults, for GPUs); flags you give win",
         1, choices=tuple(PRESETS),
     )  # fmt: skip
     data_dir: str | None = _opt(None, "download/cache folder (default ~/.cache/aesop-loss/datasets)", 0)
