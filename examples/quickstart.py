@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -28,7 +27,7 @@ from aesop_loss import AESOPLoss, AutoEncoder, RRDBNet
 from aesop_loss.diagnostics import low_frequency_change, null_space_detail
 from aesop_loss.metrics import ae_psnr, lr_psnr, psnr
 from aesop_loss.resize import imresize, make_lr
-from aesop_loss.train import CropDataset, ImageSet, collate_crops, list_images, load_image
+from aesop_loss.train import CropDataset, ImageSet, collate_crops, list_images, load_image, save_labelled
 
 HERE = Path(__file__).parent
 HELD_OUT = "chelsea.png"
@@ -81,21 +80,6 @@ def train(
         loss.backward()
         opt.step()
     return net.eval()
-
-
-def save_labelled(panels: dict[str, Tensor], path: Path) -> None:
-    """Save images side by side, each with its label on a dark band above it."""
-    band = 16
-    row = torch.cat(list(panels.values()), dim=-1)[0].clamp(0, 1)
-    pixels = (row * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    width = next(iter(panels.values())).shape[-1]
-    canvas = Image.new("RGB", (pixels.shape[1], pixels.shape[0] + band), (24, 24, 24))
-    canvas.paste(Image.fromarray(pixels), (0, band))
-    draw = ImageDraw.Draw(canvas)
-    for i, label in enumerate(panels):
-        draw.text((i * width + 4, 3), label, fill=(255, 255, 255))  # Pillow's built-in font
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path, format="PNG")
 
 
 def main(argv: list[str] | None = None) -> int:

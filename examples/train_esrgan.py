@@ -50,9 +50,8 @@ from aesop_loss.train import (
     list_images,
     load_image,
     prepare_data,
+    save_labelled,
 )
-
-from quickstart import save_labelled  # the labelled picture of examples/quickstart.py, beside this file
 
 HERE = Path(__file__).parent
 logger = logging.getLogger("train_esrgan")
@@ -170,9 +169,7 @@ def save_grid(
     with torch.no_grad():
         sr = g(lr.to(device)).clamp(0, 1).cpu()
     bicubic = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
-    panels = {"LR, bicubic x4": bicubic, f"SR, step {step} (EMA)": sr, "HR (ground truth)": hr}
-    with atomic_path(path) as tmp:
-        save_labelled(panels, tmp)
+    save_labelled({"LR, bicubic x4": bicubic, f"SR, step {step} (EMA)": sr, "HR (ground truth)": hr}, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     check_flags(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # --out must be new, empty, or this script's own run; one run at a time (see aesop_loss.train.runs)
-    folder = RunFolder(args.out, tool="train_esrgan", writes={"": ["*"], "generator": ["*"]},
-                       legacy="state.pt", resume=args.resume)  # fmt: skip
+    writes = {"": ["*"], "generator": ["*"]}
+    folder = RunFolder(args.out, tool="train_esrgan", writes=writes, legacy="state.pt",
+                       legacy_keys=("step", "g", "d", "g_ema"), resume=args.resume)  # fmt: skip
     folder.claim()  # a RunFolderError is a CLIError: one line, exit 2
     try:
         return train(args, folder)

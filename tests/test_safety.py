@@ -195,6 +195,100 @@ def test_train_esrgan_flags_are_checked_first(tmp_path, capsys, flag, value):
     assert not out.exists()
 
 
+# --- links, adopted folders, damaged checkpoints (second safety pass) ---------------------------------
+
+
+def test_a_lock_that_is_a_link_to_a_users_file_is_never_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert pretrain_main(_pretrain_args(out, "--steps", "1", "--save-every", "1")) == 0
+    users = tmp_path / "thesis.tex"
+    users.write_text("years of work\n")
+    (out / ".lock").unlink()
+    (out / ".lock").symlink_to(users)
+    assert run_cli(pretrain_main, _pretrain_args(out, "--steps", "2", "--resume")) == 2
+    assert ".lock is a symbolic link" in _one_error_line(capsys)
+    assert users.read_text() == "years of work\n"
+
+
+def test_a_linked_checkpoint_folder_is_refused_before_anything_is_deleted(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert pretrain_main(_pretrain_args(out, "--steps", "1", "--save-every", "1")) == 0
+    elsewhere = tmp_path / "users-checkpoints"
+    shutil.move(str(out / "checkpoints"), elsewhere)
+    (elsewhere / ".last.pt.keep.tmp").write_text("a user's file with a tool-like name\n")
+    (out / "checkpoints").symlink_to(elsewhere)
+    before = _snapshot(elsewhere)
+    assert run_cli(pretrain_main, _pretrain_args(out, "--steps", "2", "--resume")) == 2
+    assert "checkpoints is a symbolic link" in _one_error_line(capsys)
+    assert _snapshot(elsewhere) == before
+
+
+@pytest.mark.parametrize("tool", ["pretrain", "train_esrgan"])
+def test_resume_never_adopts_a_users_folder_on_its_word(tmp_path, capsys, tool):
+    folder = tmp_path / "users"
+    ckpt = folder / ("checkpoints/last.pt" if tool == "pretrain" else "state.pt")
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"weights": torch.ones(2)}, ckpt)  # any torch.save of the user's
+    (folder / "README.md").write_text("mine\n")
+    (folder / ".notes.draft.tmp").write_text("mine too\n")
+    (ckpt.parent / ".last.pt.x.tmp").write_text("and this\n")
+    before = _snapshot(folder)
+    if tool == "pretrain":
+        code = run_cli(pretrain_main, _pretrain_args(folder, "--steps", "1", "--resume"))
+    else:
+        code = run_cli(_esrgan_main(), ["--smoke", "--out", str(folder), "--resume"])
+    assert code == 2
+    assert f"is not a {tool} checkpoint" in _one_error_line(capsys)
+    assert _snapshot(folder) == before
+    assert not (folder / ".aesop-run.json").exists()
+    assert not (folder / ".lock").exists()
+
+
+def test_a_damaged_checkpoint_says_so_and_what_to_do(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert pretrain_main(_pretrain_args(out, "--steps", "1", "--save-every", "1")) == 0
+    ckpt = out / "checkpoints" / "last.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    assert run_cli(pretrain_main, _pretrain_args(out, "--steps", "2", "--resume")) == 2
+    line = _one_error_line(capsys)
+    assert "is damaged or cut short" in line
+    assert f"delete {ckpt}" in line
+    AutoEncoder.from_pretrained(out)  # the model files of the last good save still load
+    ckpt.unlink()
+    assert pretrain_main(_pretrain_args(out, "--steps", "1", "--save-every", "1")) == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_dead_runs_lock_is_free_at_once_though_its_workers_live_on(tmp_path):
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import os, time\nfrom aesop_loss.train import RunFolder\n"
+         f"run = RunFolder({str(out)!r}, tool='pretrain').claim()\n"
+         "worker = os.fork()\n"  # a data-loader worker: it inherits the open lock file
+         "if worker == 0:\n    time.sleep(60)\n    os._exit(0)\n"
+         "print('held', worker, flush=True)\ntime.sleep(120)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None
+    words = holder.stdout.readline().split()
+    assert words[0] == "held"
+    worker = int(words[1])
+    try:
+        holder.kill()  # kill -9 of the run; its worker lives on, holding the inherited file
+        holder.wait(timeout=30)
+        os.kill(worker, 0)  # the worker is still alive
+        with RunFolder(out, tool="pretrain") as run:
+            assert run.path == out
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)
+
+
+def test_one_process_cannot_claim_a_folder_twice(tmp_path):
+    with RunFolder(tmp_path / "run", tool="pretrain"), pytest.raises(Exception, match="this process"):
+        RunFolder(tmp_path / "run", tool="pretrain").claim()
+
+
 # --- one run per folder ------------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ Needs the training extra (``pip install "aesop-loss[train]"``: Pillow, tqdm). Th
 - ``runs``: ``RunFolder``, an output folder claimed by one run, never a user's folder.
 - ``signals``: ``StopRequest``, Ctrl-C / SIGTERM as a stop at the next step boundary.
 - ``ema``: ``ema_update``.
+- ``pictures``: ``save_labelled``, the examples' labelled side-by-side PNGs.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ try:  # the data pipeline and the loop need Pillow and tqdm: the [train] extra
         prepare_data,
     )
     from .loop import Distributed, PretrainRun, train
+    from .pictures import save_labelled
 except ModuleNotFoundError as exc:  # without them, the flags and their checks still work
     if exc.name not in ("PIL", "tqdm"):
         raise
@@ -58,5 +60,6 @@ __all__ = [
     "list_images",
     "load_image",
     "prepare_data",
+    "save_labelled",
     "train",
 ]

@@ -277,7 +277,9 @@ class PretrainRun:
             state = torch.load(self.ckpt, map_location=self.env.device, weights_only=True)
         except Exception as exc:
             raise CLIError(
-                f"--resume: {self.ckpt} is not a readable checkpoint ({exc.__class__.__name__})."
+                f"--resume: {self.ckpt} is damaged or cut short ({exc.__class__.__name__}), so the run "
+                "cannot continue from it; the model files beside it hold the last good save. To start "
+                f"over in this folder, delete {self.ckpt}; or choose another --out."
             ) from exc
         diff = self.cfg.resume_mismatches(state.get("config", {}))
         if diff:
@@ -390,8 +392,9 @@ def train(cfg: PretrainConfig) -> Path:
     teacher = load_teacher(cfg)  # before the folder is claimed: a bad --teacher leaves nothing behind
     main_process = int(os.environ.get("RANK", "0")) == 0
     check_budget(cfg, _run_device(cfg), teacher=teacher, force=cfg.force, report=main_process)  # too big
+    keys = ("step", "model", "ema", "optimizer", "config")  # of a checkpoint written by this loop
     folder = RunFolder(cfg.out, tool="pretrain", writes=_RUN_FILES, legacy="checkpoints/last.pt",
-                       resume=cfg.resume)  # fmt: skip
+                       legacy_keys=keys, resume=cfg.resume)  # fmt: skip
     if main_process:  # rank 0 writes the folder, so it holds the lock
         folder.claim()
     try:

@@ -6,11 +6,15 @@ A training tool (``python -m aesop_loss.pretrain``, ``examples/train_esrgan.py``
 - a folder that exists, is not empty and holds no run marker (``.aesop-run.json``) is a user's
   folder: it is refused, and nothing in it is touched;
 - a run folder of another tool is refused;
-- an exclusive lock (``.lock``, an OS file lock) keeps a second run out while the first one runs;
-  the OS drops the lock when its process dies, so a run killed with ``kill -9`` does not block its
-  ``--resume``;
+- an exclusive lock (``.lock``, a POSIX record lock, which forked data-loader workers do not
+  inherit) keeps a second run out while the first one runs; the OS drops it when its process dies,
+  so a run killed with ``kill -9`` does not block its ``--resume``, even while orphaned workers live;
+- no file or folder the tool writes or deletes there may be a symbolic link (it could point at a
+  user's file): such a folder is refused before anything is written;
+- a folder from before run markers existed is adopted only when its checkpoint reads as this tool's
+  (``legacy_keys``), never on the word of ``--resume`` alone;
 - temporary files that a killed run left behind (``.NAME.XXXX.tmp``, see ``atomic_path``) are removed,
-  for the file names the tool says it writes.
+  for the file names the tool says it writes, once the folder is claimed.
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ class RunFolderError(CLIError):
     """The output folder cannot be used: a user's folder, another tool's run, or a run in progress."""
 
 
+# Folders this process holds: POSIX record locks do not conflict within one process.
+_HELD: set[Path] = set()
+
+
 def _try_lock(fh: IO[str]) -> bool:
     if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
         import msvcrt
@@ -50,11 +58,22 @@ def _try_lock(fh: IO[str]) -> bool:
         return True
     import fcntl
 
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:  # a record lock, not flock(): fork()ed workers do not inherit it, so it dies with the run
+        fcntl.lockf(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         return False
     return True
+
+
+def _legacy_checkpoint_has(path: Path, keys: Iterable[str]) -> bool:
+    """Whether ``path`` reads (weights only, memory-mapped) as a dict holding every key in ``keys``."""
+    import torch  # the training tool's dependency; only needed to look at an unmarked folder
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # any unreadable or foreign file: not this tool's checkpoint
+        return False
+    return isinstance(state, dict) and all(k in state for k in keys)
 
 
 class RunFolder:
@@ -67,8 +86,11 @@ class RunFolder:
         writes: ``{subfolder: file names}`` this tool writes atomically (``""`` is the folder
             itself; ``"*"`` stands for any name in a subfolder the tool owns whole). Their stale
             temporary files are removed when the folder is claimed.
-        legacy: A file whose presence marks a run written before run markers existed; such a folder
-            is adopted (and marked) only when ``resume`` is true.
+        legacy: The checkpoint of a run written before run markers existed; such a folder is
+            adopted (and marked) only when ``resume`` is true and the file reads as a checkpoint
+            holding every key in ``legacy_keys``.
+        legacy_keys: The top-level keys of this tool's checkpoints.
+        resume: Whether the run resumes (a legacy folder is adopted only then).
 
     Raises:
         RunFolderError: From ``claim``: the folder is a file, a user's non-empty folder, another
@@ -89,12 +111,14 @@ class RunFolder:
         tool: str,
         writes: Mapping[str, Iterable[str]] | None = None,
         legacy: str | None = None,
+        legacy_keys: Iterable[str] = (),
         resume: bool = False,
     ) -> None:
         self.path = Path(path)
         self.tool = tool
         self.writes = {sub: tuple(names) for sub, names in (writes or {}).items()}
         self.legacy = legacy
+        self.legacy_keys = tuple(legacy_keys)
         self.resume = resume
         self._lock: IO[str] | None = None
 
@@ -113,6 +137,7 @@ class RunFolder:
             raise RunFolderError(f"--out {out} is a file, not a folder; choose a folder for the run.")
         if not out.is_dir() or not any(out.iterdir()):
             return
+        self._refuse_links()
         if self.marker.is_file():
             try:
                 owner = json.loads(self.marker.read_text(encoding="utf-8")).get("tool")
@@ -124,12 +149,37 @@ class RunFolder:
                     "choose another --out."
                 )
             return
-        if self.resume and self.legacy and (out / self.legacy).is_file():
-            return  # a run from before run markers: adopted on --resume
+        legacy = out / self.legacy if self.legacy else None
+        if self.resume and legacy is not None and legacy.is_file():
+            if _legacy_checkpoint_has(legacy, self.legacy_keys):
+                return  # a run from before run markers, by its checkpoint: adopted on --resume
+            raise RunFolderError(
+                f"--out {out} has no run marker, and its {self.legacy} is not a {self.tool} checkpoint "
+                "(unreadable, or other keys); nothing was written. Choose a new or empty folder for --out."
+            )
         raise RunFolderError(
             f"--out {out} is a folder that holds other files and no {self.tool} run; nothing was "
             "written. Choose a new or empty folder for --out."
         )
+
+    def _refuse_links(self) -> None:
+        """Refuse a folder where a path this tool writes or deletes is a symbolic link."""
+        paths = [self.path / LOCK_NAME, self.marker]
+        if self.legacy:
+            paths.append(self.path / self.legacy)
+        for sub, names in self.writes.items():
+            folder = self.path / sub
+            paths.append(folder)
+            if folder.is_dir() and not folder.is_symlink():
+                paths += [folder / name for name in names if name != "*"]
+                paths += [entry for entry in folder.glob(".*.tmp")]
+        links = [p for p in paths if p.is_symlink()]
+        if links:
+            raise RunFolderError(
+                f"--out {self.path}: {links[0].relative_to(self.path)} is a symbolic link, and the tool "
+                "never writes or deletes through links; nothing was touched. Remove the link, or choose "
+                "another --out."
+            )
 
     def claim(self) -> RunFolder:
         """Check the folder, create it, take its lock, mark it as this tool's run, clear stale temps.
@@ -141,10 +191,17 @@ class RunFolder:
             RunFolderError: See the class.
         """
         self.check()
+        key = self.path.resolve()
+        if key in _HELD:
+            raise RunFolderError(
+                f"--out {self.path} is in use by another run (pid {os.getpid()}, this process); choose "
+                "another --out."
+            )
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            fh = open(self.path / LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115 - held until release
-        except OSError as exc:  # read-only storage, no permission, a full disk
+            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)  # never through a link
+            fh = os.fdopen(os.open(self.path / LOCK_NAME, flags, 0o644), "r+", encoding="utf-8")
+        except OSError as exc:  # read-only storage, no permission, a full disk, a link
             raise RunFolderError(
                 f"--out {self.path}: cannot write there ({exc.strerror or exc}); choose a writable folder."
             ) from None
@@ -161,6 +218,7 @@ class RunFolder:
         fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         fh.flush()
         self._lock = fh
+        _HELD.add(key)
         if not self.marker.is_file():
             atomic_write_text(
                 self.marker, json.dumps({"tool": self.tool, "aesop_loss_version": __version__}) + "\n"
@@ -198,6 +256,7 @@ class RunFolder:
                 self._lock.truncate()
             self._lock.close()
             self._lock = None
+            _HELD.discard(self.path.resolve())
 
     def __enter__(self) -> RunFolder:
         return self.claim()
