@@ -199,9 +199,24 @@ def test_bad_inputs_are_explained(case, sr, hr, needle):
 def test_opt_in_value_checks(make, needle):
     x = torch.rand(1, 3, 16, 16)
     bad = make(x)
-    AESOPLoss(tiny_ae())(bad, bad)  # off by default: no sync, no error
+    loss_fn = AESOPLoss(tiny_ae())  # by default: no error, and a warning on the first call only
+    if needle == "NaN or Inf":
+        loss_fn(bad, bad)
+    else:
+        with pytest.warns(UserWarning, match=r"the first inputs span .* not \[0, 1\]") as seen:
+            loss_fn(bad, bad)
+        assert seen[0].filename == __file__  # it points at the caller's line
+    with warnings.catch_warnings(action="error"):
+        loss_fn(bad, bad)  # one look only: no more syncs, no more warnings
+        AESOPLoss(tiny_ae())(x, x)  # [0, 1]: silent
     with pytest.raises(ValueError, match=needle):
         AESOPLoss(tiny_ae(), check_values=True)(bad, x)
+
+
+@pytest.mark.parametrize("eps", [0.0, -1e-6, float("nan"), float("inf")])
+def test_charbonnier_eps_must_be_positive_and_finite(eps):
+    with pytest.raises(ValueError, match=r"eps .* must be a finite number > 0"):
+        AESOPLoss(tiny_ae(), criterion="charbonnier", eps=eps)
 
 
 def test_weight_shape_checked():

@@ -83,7 +83,7 @@ def test_convert_refuses_any_out_that_could_destroy_files(user_folder, monkeypat
 
 def test_convert_overwrite_replaces_only_the_model_files(user_folder, tmp_path):
     out = tmp_path / "model"
-    out.mkdir()
+    AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8).save_pretrained(out)  # an older model folder
     (out / "mine.txt").write_text("keep me\n")
     (out / "README.md").write_text("an older card\n")
     assert convert_main([str(user_folder / "ae.pth"), str(out), "--overwrite"]) == 0
@@ -99,6 +99,79 @@ def test_convert_overwrite_replaces_only_the_model_files(user_folder, tmp_path):
         AutoEncoder.from_pretrained(out).config["num_feat"] == AutoEncoder.from_pretrained(AE_CKPT).num_feat
     )
     assert [p.name for p in tmp_path.iterdir() if "staging" in p.name] == []
+
+
+@pytest.mark.parametrize("kind", ["users-folder", "linked-out", "linked-config"])
+def test_convert_overwrite_never_replaces_what_is_not_a_model_folder(user_folder, tmp_path, capsys, kind):
+    out = tmp_path / "out"
+    if kind == "users-folder":  # a user's folder with a README.md and a config.json of their own
+        out.mkdir()
+        (out / "README.md").write_text("my notes\n")
+        (out / "config.json").write_text('{"mine": true}\n')
+        (out / "model.safetensors").write_bytes(b"not even weights")
+    elif kind == "linked-out":
+        AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8).save_pretrained(tmp_path / "real")
+        out.symlink_to(tmp_path / "real")
+    else:
+        AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8).save_pretrained(out)
+        (tmp_path / "users.json").write_text('{"mine": 1}\n')
+        (out / "config.json").unlink()
+        (out / "config.json").symlink_to(tmp_path / "users.json")
+    watched = tmp_path
+    before = _snapshot(watched)
+    assert run_cli(convert_main, [str(user_folder / "ae.pth"), str(out), "--overwrite"]) == 2
+    line = _one_error_line(capsys)
+    assert {"users-folder": "is not a model folder", "linked-out": "is a symbolic link",
+            "linked-config": "config.json is a symbolic link"}[kind] in line  # fmt: skip
+    assert _snapshot(watched) == before
+
+
+@pytest.mark.parametrize("killed_after", [0, 1, 2, 3])
+def test_a_kill_during_overwrite_leaves_a_consistent_loadable_folder(
+    user_folder, tmp_path, monkeypatch, killed_after
+):
+    import aesop_loss.convert as convert_module
+
+    out = tmp_path / "model"
+    old = AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8)
+    old.save_pretrained(out)
+    real_replace, calls = os.replace, []
+
+    def replace_then_die(src, dst):  # type: ignore[no-untyped-def]
+        if str(dst).startswith(str(out) + os.sep):  # a replacement inside OUT
+            if len(calls) == killed_after:
+                raise KeyboardInterrupt  # what SIGKILL does to the sequence: it simply stops here
+            calls.append(dst)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(convert_module.os, "replace", replace_then_die)
+    monkeypatch.setattr("aesop_loss._io.os.replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        convert_main([str(user_folder / "ae.pth"), str(out), "--overwrite"])
+    monkeypatch.undo()
+    loaded = AutoEncoder.from_pretrained(out)  # consistent: config.json agrees with the weights
+    new_feat = AutoEncoder.from_pretrained(AE_CKPT).num_feat
+    assert loaded.num_feat in (16, new_feat)
+
+
+def test_a_staging_folder_of_a_killed_convert_is_removed_next_time(user_folder, tmp_path):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    pid = int(dead.stdout)  # a process that has exited
+    stale = tmp_path / f".model.{pid}.abcd.staging"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"70 MB in real life")
+    live = tmp_path / f".model.{os.getpid()}.efgh.staging"  # a running convert's (this process)
+    live.mkdir()
+    (live / "config.json").write_text("{}")
+    users = tmp_path / f".model.{pid}.ijkl.staging"  # same pattern, but holding a user's file
+    users.mkdir()
+    (users / "thesis.tex").write_text("mine\n")
+    assert convert_main([str(user_folder / "ae.pth"), str(tmp_path / "model")]) == 0
+    assert not stale.exists()
+    assert live.exists()
+    assert (users / "thesis.tex").read_text() == "mine\n"
 
 
 def test_convert_into_a_new_or_empty_folder(user_folder, tmp_path):

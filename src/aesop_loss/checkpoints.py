@@ -43,8 +43,11 @@ logger = logging.getLogger(__name__)
 
 StateDict = dict[str, Tensor]
 
-# Keys under which training frameworks nest the weights; the first present wins (EMA first).
-_WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model_state_dict", "generator", "model")
+# Keys under which training frameworks nest the weights; the first present wins (EMA first: "ema"
+# is this package's pretraining checkpoint, whose "model" holds the raw, not the exported, weights).
+_WRAPPER_KEYS = ("params_ema", "ema", "params", "state_dict", "model_state_dict", "generator", "model")
+# More tensors than any supported network has (the paper's AE file: 838): refused before reading them.
+_MAX_TENSORS = 20_000
 # Prefixes added by DataParallel / DDP and by torch.compile.
 _STRIPPED_PREFIXES = ("module.", "_orig_mod.")
 # The reference AE registers its encoder parts twice: these top-level names alias encoder.N.
@@ -84,6 +87,8 @@ def read_state_dict(path: str | os.PathLike[str]) -> StateDict:
         raise CheckpointError(f"{path}: no such checkpoint file.")
     if path.suffix == ".safetensors":
         try:
+            with safe_open(str(path), framework="pt") as fh:
+                _check_count(len(list(fh.keys())), str(path))
             obj: Any = load_file(path)
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(
@@ -125,7 +130,9 @@ def _read_weights_header(path: str | os.PathLike[str]) -> StateDict:
         raise CheckpointError(f"{path}: no such checkpoint file.")
     try:
         with safe_open(str(path), framework="pt") as fh:
-            slices = {name: fh.get_slice(name) for name in fh.keys()}  # noqa: SIM118 - not a dict
+            names = list(fh.keys())
+            _check_count(len(names), str(path))
+            slices = {name: fh.get_slice(name) for name in names}
             header = {name: (sl.get_dtype(), sl.get_shape()) for name, sl in slices.items()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(
@@ -139,6 +146,14 @@ def _read_weights_header(path: str | os.PathLike[str]) -> StateDict:
         out[name] = torch.empty(shape, dtype=_SAFETENSORS_DTYPES[dtype], device="meta")
     _check_weights(out, source=str(path))
     return out
+
+
+def _check_count(count: int, source: str) -> None:
+    if count > _MAX_TENSORS:
+        raise CheckpointError(
+            f"{source}: holds {count:,} tensors, more than any supported network has (the paper's AE "
+            f"file: 838); not a checkpoint of one, so it is refused before reading them."
+        )
 
 
 def _torch_load(path: Path) -> Any:
@@ -203,6 +218,7 @@ def _unwrap(obj: Any, source: Path) -> StateDict:
             logger.debug("%s: using the weights under %r", source, key)
             obj = obj[key]
             break
+    _check_count(len(obj), str(source))
     state: StateDict = {}
     for name, value in obj.items():
         if not isinstance(value, Tensor):

@@ -18,16 +18,21 @@ included), checks that reading it back gives the source's weights exactly, and p
 that use it. Such an OUT must not exist; ``--overwrite`` replaces only a file this tool wrote.
 
 OUT must be a new or empty folder; ``--overwrite`` lets it replace the model folder's own three
-files in an existing OUT (nothing else there is touched). OUT may never be the current folder, a
-folder that holds SRC, or a folder inside SRC. The files are written to a staging folder beside OUT
-first, and that staging folder is removed on every exit path.
+files in an existing OUT that already is a model folder (nothing else there is touched), in an
+order that leaves a loadable, consistent folder after a kill at any point. OUT may never be the
+current folder, a folder that holds SRC, a folder inside SRC, or a symbolic link. The files are written to a
+staging folder beside OUT first, removed on every exit path; one left by a killed run (its process
+gone) is removed by the next convert into the same OUT.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -37,7 +42,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ._io import atomic_path, sha256_file
+from ._io import atomic_path, atomic_write_text, sha256_file
 from .archs import AutoEncoder
 from .checkpoints import canonicalize_autoencoder, trainner_autoencoder_state_dict
 from .cli import CLIError, run_cli
@@ -63,11 +68,64 @@ def _check_destination(src: Path, out_dir: Path, *, overwrite: bool) -> None:
         raise CLIError(f"OUT {out_dir} is inside the source {src}; name a folder outside it.")
     if out_dir.exists() and not out_dir.is_dir():
         raise CLIError(f"OUT {out_dir} is a file; name a folder for the model.")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+    if out_dir.is_symlink():
         raise CLIError(
-            f"OUT {out_dir} exists and is not empty; choose a new folder, or pass --overwrite to replace "
-            f"only its {CONFIG_NAME}, {WEIGHTS_NAME} and {CARD_NAME}."
+            f"OUT {out_dir} is a symbolic link; name the folder itself (this tool never writes through it)."
         )
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise CLIError(
+                f"OUT {out_dir} exists and is not empty; choose a new folder, or pass --overwrite to replace "
+                f"only its {CONFIG_NAME}, {WEIGHTS_NAME} and {CARD_NAME}."
+            )
+        links = [out_dir / n for n in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME) if (out_dir / n).is_symlink()]
+        if links:
+            raise CLIError(
+                f"OUT {out_dir}: {links[0].name} is a symbolic link; this tool never writes through links."
+            )
+        if not _is_model_folder(out_dir):
+            raise CLIError(
+                f"OUT {out_dir} is not a model folder (an AutoEncoder's {CONFIG_NAME} + {WEIGHTS_NAME}); "
+                "--overwrite replaces only a model folder's files. Choose a new folder."
+            )
+
+
+def _is_model_folder(folder: Path) -> bool:
+    """An AutoEncoder model folder, as ``save_pretrained`` writes it (read from its config.json)."""
+    config, weights = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    if not (config.is_file() and weights.is_file()) or config.stat().st_size > 1 << 20:
+        return False
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("architecture") == "AutoEncoder"
+    except (ValueError, UnicodeDecodeError, RecursionError, AttributeError):
+        return False
+
+
+_STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.staging$")
+
+
+def _remove_dead_staging(out_dir: Path) -> None:
+    """Remove staging folders that a killed ``convert`` left beside ``out_dir`` (its pid is gone)."""
+    for folder in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*.staging"):
+        m = _STAGING.match(folder.name)
+        if m is None or m["name"] != out_dir.name or folder.is_symlink() or not folder.is_dir():
+            continue
+        if _alive(int(m["pid"])):
+            continue
+        ours = {CONFIG_NAME, WEIGHTS_NAME, CARD_NAME}
+        if all(p.is_file() and (p.name in ours or p.name.endswith(".tmp")) for p in folder.iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)  # only the model files this tool stages
+            logger.info("removed %s, left by a convert that was killed", folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def convert(
@@ -103,7 +161,10 @@ def convert(
     source = AutoEncoder.from_pretrained(src)
     digest = sha256_file(src)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".staging", dir=out_dir.parent))
+    _remove_dead_staging(out_dir)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".staging", dir=out_dir.parent)
+    )
     try:
         source.save_pretrained(
             staging,
@@ -126,7 +187,12 @@ def convert(
                     f"{src}: the converted model does not reproduce the source's output; nothing written."
                 )
         out_dir.mkdir(exist_ok=True)
-        for name in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME):  # the weights first: config.json describes them
+        # The folder loads, consistently, after a kill at any point: first a config.json that states
+        # only the architecture (the loader takes the rest from the weights, old or new), then the
+        # weights, then the full config.json and the card.
+        if (out_dir / CONFIG_NAME).exists():
+            atomic_write_text(out_dir / CONFIG_NAME, json.dumps({"architecture": "AutoEncoder"}) + "\n")
+        for name in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME):
             os.replace(staging / name, out_dir / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # the staging folder is this function's own

@@ -71,6 +71,7 @@ _FILE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
 # The Hub's rules: org/name of letters, digits, '-', '_', '.'; no '--' or '..'; at most 96 each.
 _REPO_ID = re.compile(r"^(?!.*(?:--|\.\.))[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}(?<![.-])$")
 _CARD_METADATA_KEYS = ("architecture", "aesop_loss_version")
+_MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few hundred bytes
 # Ranges a config.json's integer hyperparameters must fall in before they are compared with the
 # weights (the largest published RRDB networks use 64 features, 32 growth channels, 23 blocks).
 _BOUNDS = {
@@ -295,10 +296,17 @@ def _load_folder(cls: type[M], folder: Path, *, label: str | None = None) -> M:
             f"{label}: no {CONFIG_NAME}; a model folder holds {CONFIG_NAME} + {WEIGHTS_NAME} (as "
             "written by save_pretrained). For a single weights file, pass the file itself."
         )
+    if config_path.stat().st_size > _MAX_CONFIG_BYTES:
+        raise CheckpointError(
+            f"{config_path}: {config_path.stat().st_size:,} bytes, far more than a model's settings take; "
+            "not a config.json this package writes."
+        )
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{config_path}: not valid JSON ({exc}).") from exc
+    except RecursionError:
+        raise CheckpointError(f"{config_path}: not a model configuration (nested too deeply).") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_path}: expected a JSON object, found {type(config).__name__}.")
     arch = config.get("architecture", cls.__name__)
@@ -322,7 +330,9 @@ def _load_folder(cls: type[M], folder: Path, *, label: str | None = None) -> M:
     # The weights' own shapes decide the architecture: compare before anything is allocated.
     source = f"{weights_path} (with {CONFIG_NAME})"
     _, implied = _canonicalize(cls, _read_weights_header(weights_path), source)
-    stated = {k: kwargs.get(k, signature[k].default) for k in implied}
+    # a setting the file does not state is what the weights imply (a folder is consistent at every
+    # moment of a replacement that writes a minimal config.json first, as convert --overwrite does)
+    stated = {k: kwargs.get(k, implied[k]) for k in implied}
     differ = [f"{k}={stated[k]!r} (weights: {implied[k]!r})" for k in implied if stated[k] != implied[k]]
     if differ:
         raise CheckpointError(
@@ -330,7 +340,7 @@ def _load_folder(cls: type[M], folder: Path, *, label: str | None = None) -> M:
             "inconsistent, so write it again with save_pretrained."
         )
     try:
-        model = cls(**kwargs)
+        model = cls(**{**implied, **kwargs})
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{config_path}: invalid configuration: {exc}") from exc
     _load_state_dict_strict(model, read_state_dict(weights_path), source=source)
@@ -405,7 +415,22 @@ def load_model(
     """
     text = os.fspath(src)
     path = Path(text).expanduser()
-    if text in _DEMO_AES and not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # a name too long for the file system, ...
+        raise CheckpointError(
+            f"{text[:60]}{'...' if len(text) > 60 else ''}: not a usable file or folder name "
+            f"({exc.strerror or exc}), nor a Hub repo id."
+        ) from None
+    if text in _DEMO_AES and exists:
+        warnings.warn(
+            f"{text!r} names a local {'folder' if path.is_dir() else 'file'} here, which is loaded "
+            f"instead of the bundled {text} AE; pass './{text}' to mean the local one, or run from "
+            "another folder for the bundled one.",
+            UserWarning,
+            stacklevel=4,
+        )
+    if text in _DEMO_AES and not exists:
         folder = _DEMO_AES[text]
         if _architecture(cls) != "AutoEncoder":
             raise CheckpointError(

@@ -165,6 +165,10 @@ class AESOPLoss(nn.Module):
             precision = "fp32"
         if precision not in get_args(Precision):
             raise ValueError(f"precision must be one of {get_args(Precision)}, got {precision!r}.")
+        if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+            raise ValueError(
+                f"eps (Charbonnier's epsilon) must be a finite number > 0, got {eps!r}; e.g. 1e-12."
+            )
         if as_loss_map and space == "bottleneck":
             raise ValueError("as_loss_map weights the pixel loss by the AE-space error; use space='ae'.")
         if isinstance(ae, (str, os.PathLike)):
@@ -187,6 +191,7 @@ class AESOPLoss(nn.Module):
         self.as_loss_map = as_loss_map
         self.eps = eps
         self.check_values = check_values
+        self._range_seen = False  # the first call looks at the value range once (one host sync)
         self.precision: Precision = precision
         self.channels_last = channels_last
         self.memory_efficient = memory_efficient
@@ -349,6 +354,18 @@ class AESOPLoss(nn.Module):
                 f"crop to {h // s * s}x{w // s * s} (x[..., :{h // s * s}, :{w // s * s}]) or use "
                 f"crops that are multiples of {s}."
             )
+        if not self._range_seen and not self.check_values:
+            self._range_seen = True
+            lo = float(torch.minimum(sr.detach().min(), hr.detach().min()))
+            hi = float(torch.maximum(sr.detach().max(), hr.detach().max()))
+            if lo < _RANGE_LOW or hi > _RANGE_HIGH:
+                warnings.warn(
+                    f"AESOPLoss: the first inputs span [{lo:.3g}, {hi:.3g}], not [0, 1], where the AE was "
+                    "trained: scale [0, 255] images by 1/255 and [-1, 1] images by (x + 1) / 2 "
+                    "(check_values=True makes this an error on every call).",
+                    UserWarning,
+                    stacklevel=6,  # the caller of criterion(sr, hr)
+                )
         if self.check_values:
             for name, x in (("sr", sr), ("hr", hr)):
                 if not bool(torch.isfinite(x).all()):
