@@ -38,12 +38,14 @@ from aesop_loss.resize import make_lr
 from aesop_loss.train import (
     AMP_DTYPES,
     CropDataset,
+    DataError,
     RunFolder,
     SampleStream,
     StopRequest,
     amp_dtype,
     atomic_path,
     check_device,
+    check_out_outside_data,
     collate_crops,
     ema_update,
     ignore_stop_signals,
@@ -209,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:  # a smoke run writes to a folder of its own, so it runs any number of times
         args.out = Path(tempfile.mkdtemp(prefix="aesop-esrgan-smoke-")) if args.smoke else Path("runs/esrgan")
     check_flags(args)
+    try:
+        check_out_outside_data(args.out, args.data)  # its sample grids would become training images
+    except DataError as exc:
+        raise CLIError(str(exc)) from None
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # --out must be new, empty, or this script's own run; one run at a time (see aesop_loss.train.runs)
     writes = {"": ["*"], "generator": ["*"]}

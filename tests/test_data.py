@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import os
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -217,13 +218,15 @@ def test_pair_with_a_wrong_lr_size_is_skipped(tmp_path):
     [
         ("F", [0.0, 0.25, 0.5, 1.0], [0, 64, 128, 255]),  # float TIFF in [0, 1]
         ("I;16", [0, 257, 32768, 65535], [0, 1, 128, 255]),  # 16-bit PNG
+        ("I", [0, 257, 32768, 65535], [0, 1, 128, 255]),  # 16-bit data in a 32-bit TIFF
+        ("I", [0, 2**30, 2**31 - 1, 0], [0, 128, 255, 0]),  # 32-bit data: not all white
     ],
-    ids=["float", "16-bit"],
+    ids=["float", "16-bit", "32-bit-holding-16", "32-bit"],
 )
 def test_float_and_16_bit_images_keep_their_values(tmp_path, mode, values, expected):
     img = Image.new(mode, (4, 1))
     img.putdata(values)
-    path = tmp_path / ("x.tif" if mode == "F" else "x.png")
+    path = tmp_path / ("x.tif" if mode in ("F", "I") else "x.png")
     img.save(path)
     out = load_image(path)
     assert out.shape == (3, 1, 4)
@@ -402,3 +405,60 @@ def test_make_lr_rounds_halves_away_from_zero_like_matlab(level):
     photo = torch.rand(3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     exact = imresize(photo * 255, 1 / 2).clamp(0, 255)
     assert torch.equal(make_lr(photo, 2) * 255, torch.floor(exact + 0.5))
+
+
+def test_wide_images_convert_in_strips_with_the_same_values():
+    from aesop_loss.train.data import _wide_to_uint8
+
+    img = Image.new("I;16", (37, 53))
+    img.putdata([(i * 977) % 65536 for i in range(37 * 53)])
+    assert torch.equal(_wide_to_uint8(img, strip=7), _wide_to_uint8(img, strip=10_000))
+
+
+def test_a_replaced_image_is_decoded_again_not_served_from_the_cache(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    Image.new("RGB", (40, 40), (10, 10, 10)).save(folder / "a.png")
+    images = ImageSet(list_images(folder))
+    cache = tmp_path / "cache"
+    first = CropDataset(images, crop=32, scale=4, seed=0, cache_dir=cache, ram_budget_bytes=0)
+    assert int(first[0][0].max()) == 10
+    Image.new("RGB", (40, 40), (200, 200, 200)).save(folder / "a.png")  # same name, new pixels
+    again = CropDataset(images, crop=32, scale=4, seed=0, cache_dir=cache, ram_budget_bytes=0)
+    assert int(again[0][0].min()) == 200
+
+
+def test_decoding_threads_are_bounded_by_the_memory_budget(tmp_path, monkeypatch):
+    seen = []
+    real = CropDataset._decode_all
+
+    def spy(self, pairs, threads):  # type: ignore[no-untyped-def]
+        seen.append(threads)
+        return real(self, pairs, threads)
+
+    monkeypatch.setattr(CropDataset, "_decode_all", spy)
+    images = ImageSet(list_images(IMAGES)[:3])
+    CropDataset(images, crop=32, scale=4, seed=0, cache_dir=tmp_path, ram_budget_bytes=1)  # tiny budget
+    CropDataset(images, crop=32, scale=4, seed=0, cache_dir=tmp_path, ram_budget_bytes=8 << 30)
+    assert seen[0] == 1  # one image at a time when big images do not fit side by side
+    assert seen[1] > 1 or (os.cpu_count() or 1) == 1
+
+
+def test_a_big_16_bit_image_decodes_without_a_blow_up(tmp_path):
+    import subprocess
+    import sys
+
+    side = 3000  # 9 M pixels: 18 MB as 16-bit, 27 MB as the 8-bit RGB result
+    img = Image.frombytes("I;16", (side, side), bytes(2 * side * side))
+    img.save(tmp_path / "big.png")
+    code = (
+        "import resource, sys\n"
+        "from aesop_loss.train import load_image\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"x = load_image({str(tmp_path / 'big.png')!r})\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / x[0].numel())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    bytes_per_pixel = float(proc.stdout.split()[-1])
+    assert bytes_per_pixel < 15  # the result (3), Pillow's own pixels (2-4), a strip: ~9-12; was ~27

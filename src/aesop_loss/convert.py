@@ -46,7 +46,7 @@ from ._io import atomic_path, atomic_write_text, sha256_file
 from .archs import AutoEncoder
 from .checkpoints import canonicalize_autoencoder, trainner_autoencoder_state_dict
 from .cli import CLIError, run_cli
-from .hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, push_folder_to_hub
+from .hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, prepare_push, push_folder_to_hub
 
 __all__ = ["console_main", "convert", "main", "to_trainner", "trainner_options"]
 
@@ -325,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(trainner_options(ae, args.out_dir))
         return 0
     card = {"license": args.license, "training_data": args.training_data}
+    if args.push_to_hub:
+        prepare_push(args.push_to_hub)  # a bad id or no Hub fails before anything is written
     convert(Path(args.src), args.out_dir, overwrite=args.overwrite, **card)
     if args.push_to_hub:
         logger.info("pushed: %s", push_folder_to_hub(args.out_dir, args.push_to_hub))

@@ -14,6 +14,7 @@ needs the training extra (``pip install "aesop-loss[train]"``).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ import torch
 
 from .archs import AutoEncoder
 from .cli import CLIError, run_cli
-from .diagnostics import diagnose
+from .diagnostics import MAX_SIZE, diagnose
 from .train.config import check_device  # no Pillow needed: the flag checks of the training tool
 
 try:  # image folders are decoded with Pillow, which only the [train] extra installs
@@ -38,17 +39,26 @@ except ModuleNotFoundError as exc:  # the bundled photos need no Pillow
 __all__ = ["console_main", "main"]
 
 
-def _images(folder: Path) -> list[torch.Tensor]:
-    if _missing:
-        raise CLIError(
-            f'--images needs {_missing}, which the training extra installs: pip install "aesop-loss[train]"'
-        )
-    try:
-        return [load_image(path) for path in list_images(folder)]
-    except DataError as exc:
-        raise CLIError(f"--images {folder}: {exc}") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise CLIError(f"--images {folder}: an image cannot be decoded ({exc}).") from None
+class _Images(Sequence[torch.Tensor]):
+    """The images of a folder, decoded one at a time as ``diagnose`` reaches them (not all at once)."""
+
+    def __init__(self, folder: Path) -> None:
+        if _missing:
+            extra = 'pip install "aesop-loss[train]"'
+            raise CLIError(f"--images needs {_missing}, which the training extra installs: {extra}")
+        try:
+            self.paths = list_images(folder)
+        except DataError as exc:
+            raise CLIError(f"--images {folder}: {exc}") from None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:  # type: ignore[override]
+        try:
+            return load_image(self.paths[i])
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise CLIError(f"--images: {self.paths[i]} cannot be decoded ({exc}).") from None
 
 
 class _Progress:
@@ -86,12 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also compare AESOP gradients with this AE (e.g. the one a compact AE was distilled from)",
     )
     args = p.parse_args(argv)
-    if args.size < 16:
-        raise CLIError(f"--size {args.size}: expected an integer >= 16.")
+    if not 16 <= args.size <= MAX_SIZE:
+        raise CLIError(f"--size {args.size}: expected an integer from 16 to {MAX_SIZE}.")
     if not 1 <= args.tiles <= 64:
         raise CLIError(f"--tiles {args.tiles}: expected an integer from 1 to 64.")
     check_device(args.device)
-    images = _images(args.images) if args.images else None
+    images = _Images(args.images) if args.images else None
     ae = AutoEncoder.from_pretrained(args.ae, device=args.device)
     teacher = AutoEncoder.from_pretrained(args.teacher, device=args.device) if args.teacher else None
     if teacher is not None and teacher.scale != ae.scale:
@@ -100,7 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = diagnose(ae, images, size=args.size, tiles=args.tiles, teacher=teacher, progress=_Progress())
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    print(result.to_json() if args.json else f"AE: {args.ae}\n{result.table()}")
+    try:
+        print(result.to_json() if args.json else f"AE: {args.ae}\n{result.table()}", flush=True)
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted; the verdict still counts
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 1 if result.verdict == "unfit" else 0
 
 

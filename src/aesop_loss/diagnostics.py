@@ -31,7 +31,7 @@ import dataclasses
 import json
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from .metrics import psnr
 from .resize import imresize, make_lr
 
 __all__ = [
+    "MAX_SIZE",
     "THRESHOLDS",
     "Diagnosis",
     "Thresholds",
@@ -56,6 +57,8 @@ __all__ = [
 ]
 
 SAMPLE_IMAGES = Path(__file__).parent / "pretrained" / "diagnose_images.safetensors"
+MAX_SIZE = 512
+"""The largest tile ``diagnose`` measures (its null-space detail costs O(size^3))."""
 # ITU-R BT.601 RGB -> YCbCr (rows Y, Cb, Cr; no offsets), in [0, 1] units
 _YCBCR = torch.tensor(
     [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], dtype=torch.float64
@@ -387,7 +390,7 @@ def gradient_agreement(
 @torch.no_grad()
 def diagnose(
     ae: AutoEncoder,
-    images: Sequence[Tensor] | None = None,
+    images: Iterable[Tensor] | None = None,
     *,
     size: int = 128,
     tiles: int = 4,
@@ -405,15 +408,18 @@ def diagnose(
 
     Args:
         ae: The autoencoder, on any device.
-        images: ``(3, H, W)`` images, uint8 (or float in [0, 1]). Default: the bundled sample
-            photos (128x128 each, so one tile each at the default size).
-        size: Tile size (made a multiple of the AE's scale); smaller images are used whole.
+        images: ``(3, H, W)`` images, uint8 (or float in [0, 1]); any iterable, read one at a
+            time (each is dropped once its tiles are cut). Default: the bundled sample photos
+            (128x128 each, so one tile each at the default size).
+        size: Tile size, 16 to ``MAX_SIZE`` (made a multiple of the AE's scale); smaller images
+            are used whole.
         tiles: At most this many tiles per image.
         seed: Seed of the tile choice and of the null-space detail.
         thresholds: Where the verdict turns.
         teacher: Another AE (same scale, same device) to compare gradients with
             (``gradient_agreement``), e.g. the AE a compact one was distilled from.
-        progress: Called as ``progress(done, total)`` after each image (a progress bar's hook).
+        progress: Called as ``progress(done, total)`` after each image (a progress bar's hook;
+            ``total`` is 0 when ``images`` has no length).
 
     Returns:
         The measurements and the verdict.
@@ -427,11 +433,14 @@ def diagnose(
         >>> d.verdict, d.recon_psnr < 20, d.tiles
         ('unfit', True, 28)
     """
-    images = sample_images() if images is None else list(images)
-    if not images:
-        raise ValueError("diagnose: no images to measure on.")
+    images = sample_images() if images is None else images
+    total = len(images) if isinstance(images, Sized) else 0
     if tiles < 1:
         raise ValueError(f"diagnose: tiles must be >= 1, got {tiles}.")
+    if not 16 <= size <= MAX_SIZE:
+        raise ValueError(
+            f"diagnose: size must be from 16 to {MAX_SIZE} (tiles cover each image), got {size}."
+        )
     param = next(ae.parameters())
     device, s = param.device, ae.scale
     was_training = ae.training
@@ -441,10 +450,15 @@ def diagnose(
     sums: dict[str, float] = {"lr": 0.0, "d_l1": 0.0, "d_ae": 0.0, "f_l1": 0.0, "f_ae": 0.0}
     gains = {"y": 0.0, "cb": 0.0, "cr": 0.0}
     recon: list[float] = []
+    kept: list[Tensor] = []  # the tiles, for the teacher (each image is dropped once it is cut)
     count = 0
-    for i, img in enumerate(images):
+    for img in images:  # not enumerate(): its cached (i, img) tuple would keep the last image alive
         per_tile = []
-        for x in _tiles(img, size, s, tiles, pick):
+        cut = _tiles(img, size, s, tiles, pick)
+        del img
+        if teacher is not None:
+            kept += [t[0] for t in cut]
+        for x in cut:
             x = x.to(device)
             z = ae.encode(x)
             base = ae.decode(z)
@@ -461,8 +475,10 @@ def diagnose(
             count += 1
         recon.append(sum(per_tile) / len(per_tile))
         if progress is not None:
-            progress(i + 1, len(images))
+            progress(len(recon), total)
     ae.train(was_training)
+    if not recon:
+        raise ValueError("diagnose: no images to measure on.")
     detail_ratio = sums["d_ae"] / sums["d_l1"]
     fidelity_ratio = sums["f_ae"] / sums["f_l1"]
     diagnosis = Diagnosis(
@@ -473,12 +489,12 @@ def diagnose(
         selectivity=fidelity_ratio / detail_ratio if detail_ratio > 0 else float("inf"),
         retention=fidelity_ratio,
         colour_gains={k: v / count for k, v in gains.items()},
-        images=len(images),
+        images=len(recon),
         tiles=count,
         recon_psnr_per_image=recon,
     )
     if teacher is not None:
-        cosine, ratio = gradient_agreement(ae, teacher, images, size=size, tiles=tiles, seed=seed)
+        cosine, ratio = gradient_agreement(ae, teacher, kept, size=size, tiles=1, seed=seed)
         diagnosis.teacher_grad_cosine, diagnosis.teacher_loss_ratio = cosine, ratio
     diagnosis.verdict, diagnosis.reasons = thresholds.judge(diagnosis)
     return diagnosis
@@ -503,5 +519,6 @@ def _tiles(img: Tensor, size: int, scale: int, count: int, pick: random.Random) 
     out = []
     for top, left in chosen:
         x = img[:, top : top + h, left : left + w]
-        out.append((x.float() / 255 if not x.is_floating_point() else x.float())[None])
+        # a copy, never a view: the full image can go once its tiles are cut
+        out.append((x.float() / 255 if not x.is_floating_point() else x.to(torch.float32, copy=True))[None])
     return out

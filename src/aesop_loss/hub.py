@@ -53,6 +53,7 @@ __all__ = [
     "HubMixin",
     "ModelCardInfo",
     "load_model",
+    "prepare_push",
     "push_folder_to_hub",
     "save_model",
 ]
@@ -249,6 +250,29 @@ def push_folder_to_hub(
         allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
     )
     return str(getattr(info, "commit_url", info))
+
+
+def prepare_push(repo_id: str, *, token: str | None = None, private: bool | None = None) -> None:
+    """Check a push's repo id and reach the Hub before the work that ends in the push.
+
+    Creates the repo if needed (the push would), so a bad id, no network, an offline setting or a
+    missing token fails in one line at the start, not after a long run.
+
+    Raises:
+        CheckpointError: Not a valid ``org/name`` id, or the Hub cannot be reached or refuses.
+    """
+    if not _REPO_ID.match(repo_id):
+        raise CheckpointError(
+            f"--push-to-hub {repo_id!r}: not a Hub repo id; expected 'org/name' (letters, digits, - _ .)."
+        )
+    try:
+        HfApi(token=token).create_repo(repo_id, private=private, exist_ok=True)
+    except Exception as exc:  # offline mode, no network, no token, no permission: all one answer
+        detail = str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__
+        raise CheckpointError(
+            f"--push-to-hub {repo_id}: the Hub cannot be reached or refuses the repo ({detail}); check the "
+            "network and your token (huggingface-cli login), or drop --push-to-hub. Nothing was started."
+        ) from None
 
 
 def push_model_to_hub(

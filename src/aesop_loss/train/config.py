@@ -21,7 +21,7 @@ import torch
 
 from ..cli import CLIError
 
-__all__ = ["AMP_DTYPES", "PRESETS", "PretrainConfig", "amp_dtype", "check_device"]
+__all__ = ["AMP_DTYPES", "PRESETS", "PretrainConfig", "amp_dtype", "check_device", "data_key"]
 
 # --amp values and the autocast dtype each one means (None: no autocast).
 AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -228,7 +228,12 @@ class PretrainConfig:
         ours = self.resume_signature()
         defaults = {f.name: f.metadata.get("absent", f.default) for f in dataclasses.fields(self)}
         theirs = {k: saved.get(k, defaults.get(k)) for k in ours}
-        return [f"{k}={theirs[k]!r} (now {ours[k]!r})" for k in ours if theirs[k] != ours[k]]
+        same = {"data": lambda a, b: data_key(a) == data_key(b)}  # ./d/ and d are one folder
+        return [
+            f"{k}={theirs[k]!r} (now {ours[k]!r})"
+            for k in ours
+            if not same.get(k, lambda a, b: a == b)(theirs[k], ours[k])
+        ]
 
     @classmethod
     def parser(cls, *, prog: str, description: str | None) -> argparse.ArgumentParser:
@@ -282,6 +287,22 @@ class PretrainConfig:
             if flag not in given and flag.replace("--", "--no-", 1) not in given:
                 values[key] = value
         return cls(**values, command=command)
+
+
+def data_key(data: Any) -> Any:
+    """What a ``--data`` value names, for comparing two of them: resolved folders, or a dataset name.
+
+    Examples:
+        >>> data_key("./src/") == data_key("src"), data_key("div2k") == data_key("DIV2K")
+        (True, True)
+    """
+    if not isinstance(data, str):
+        return data
+    parts = data.split(":") if ":" in data and not Path(data).expanduser().exists() else [data]
+    return tuple(
+        str(Path(part).expanduser().resolve()) if Path(part).expanduser().exists() else part.upper()
+        for part in parts
+    )
 
 
 def _in_range(value: float, meta: Any) -> bool:

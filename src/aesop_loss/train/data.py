@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from .._io import atomic_path
 from ..resize import make_lr
+from .budget import available_bytes
 
 __all__ = [
     "DATASETS",
@@ -45,6 +46,7 @@ __all__ = [
     "ImageSet",
     "RemoteArchive",
     "SampleStream",
+    "check_out_outside_data",
     "collate_crops",
     "list_images",
     "load_image",
@@ -135,12 +137,27 @@ def load_image(path: str | os.PathLike[str]) -> Tensor:
     return data.view(rgb.height, rgb.width, 3).permute(2, 0, 1).contiguous()
 
 
-def _wide_to_uint8(img: Image.Image) -> Tensor:
-    """A single-channel 16/32-bit integer or float image as 8-bit RGB, by its real value range."""
-    values = torch.frombuffer(bytearray(img.convert("F").tobytes()), dtype=torch.float32)
-    values = values.view(img.height, img.width).double()
-    full = 1.0 if img.mode == "F" else 65535.0
-    gray = (values / full * 255).round().clamp(0, 255).to(torch.uint8)
+def _wide_to_uint8(img: Image.Image, strip: int = 256) -> Tensor:
+    """A single-channel 16/32-bit integer or float image as 8-bit RGB, by its real value range.
+
+    Floats are read as [0, 1]; 16-bit integers as [0, 65535]; 32-bit integers as [0, 65535] when
+    they stay in it (16-bit data in a 32-bit file), else as [0, 2^31 - 1]. Converted ``strip`` rows
+    at a time, so the peak is the result plus one strip, not several float copies of the image.
+    """
+    width, height = img.size
+    if img.mode == "F":
+        full = 1.0
+    elif img.mode == "I" and (img.getextrema()[1] or 0) > 65535:  # type: ignore[operator]
+        full = 2**31 - 1.0
+    else:
+        full = 65535.0
+    gray = torch.empty(height, width, dtype=torch.uint8)
+    for top in range(0, height, strip):
+        rows = img.crop((0, top, width, min(top + strip, height))).convert("F")
+        values = torch.frombuffer(bytearray(rows.tobytes()), dtype=torch.float32).view(-1, width)
+        gray[top : top + values.shape[0]] = (
+            (values.double() / full * 255).round().clamp(0, 255).to(torch.uint8)
+        )
     return gray.expand(3, -1, -1).contiguous()
 
 
@@ -293,6 +310,25 @@ def prepare_data(data: str, *, scale: int, data_dir: str | os.PathLike[str] | No
     return ImageSet(list_images(path), None, name=path.name)
 
 
+def check_out_outside_data(out: str | os.PathLike[str], data: str) -> None:
+    """Refuse an output folder inside the data: the run's own files would become training images.
+
+    Raises:
+        DataError: ``out`` is one of ``data``'s folders (``DIR`` or ``HR_DIR:LR_DIR``) or inside one.
+    """
+    if _dataset_name(data) is not None:
+        return
+    folders = data.split(":") if ":" in data and not Path(data).expanduser().exists() else [data]
+    target = Path(out).expanduser().resolve()
+    for folder in folders:
+        root = Path(folder).expanduser().resolve()
+        if target == root or root in target.parents:
+            raise DataError(
+                f"--out {out} is inside --data {folder}: the run's own images (samples, ...) would become "
+                "training data. Choose an --out outside the data folder."
+            )
+
+
 def prepare_validation(
     val: str | None, data: str, *, data_dir: str | os.PathLike[str] | None, count: int = 10
 ) -> list[Path]:
@@ -317,6 +353,15 @@ def prepare_validation(
 
 # What decoding an unreadable image raises (truncated, corrupt, a decompression bomb, unknown format).
 _DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+_DECODE_PEAK = 12  # bytes per pixel while an image decodes: the file's pixels, Pillow's RGB, the tensor
+
+
+def _ram_budget() -> int:
+    """A quarter of the memory free now, at most 8 GiB; 2 GiB when that is unknown."""
+    free = available_bytes(torch.device("cpu"))
+    return min(8 << 30, free // 4) if free else 2 << 30
 
 
 def _skip(path: Path, why: str) -> None:
@@ -359,7 +404,9 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
             crop is the scaled LR). Colour augmentation for small training sets, where an AE
             otherwise memorises the photos' colours instead of reading them from its input.
         cache_dir: Where decoded pixels are kept when they do not fit in RAM.
-        ram_budget_bytes: Decode everything into RAM up front when it fits in this budget.
+        ram_budget_bytes: Decode everything into RAM up front when it fits in this budget
+            (default: a quarter of the memory free now, at most 8 GiB). Images are decoded a few
+            at a time, as many as fit in this budget at the peak their decoding takes.
 
     Examples:
         >>> import tempfile
@@ -383,7 +430,7 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
         augment: bool = True,
         color_jitter: float = 0.0,
         cache_dir: str | os.PathLike[str] | None = None,
-        ram_budget_bytes: int = 8 << 30,
+        ram_budget_bytes: int | None = None,
     ) -> None:
         if crop % scale:
             raise DataError(f"--crop {crop} is not a multiple of --scale {scale}.")
@@ -408,8 +455,13 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
             keep = paired
         # Decode every image once now: failures are found (and skipped) before training starts,
         # and the pixels go to RAM when they fit, otherwise to the on-disk cache.
-        self._in_ram = sum(3 * sizes[i][0] * sizes[i][1] for i in keep) <= ram_budget_bytes
-        decoded = self._decode_all([(images.hr[i], images.lr[i] if images.lr else None) for i in keep])
+        budget = _ram_budget() if ram_budget_bytes is None else ram_budget_bytes
+        self._in_ram = sum(3 * sizes[i][0] * sizes[i][1] for i in keep) <= budget
+        # decoding peaks at a few bytes per pixel beyond the result: as many threads as that fits
+        peak = max((_DECODE_PEAK * sizes[i][0] * sizes[i][1] for i in keep), default=1)
+        threads = max(1, min(8, os.cpu_count() or 1, budget // peak))
+        pairs = [(images.hr[i], images.lr[i] if images.lr else None) for i in keep]
+        decoded = self._decode_all(pairs, threads)
         keep = [i for i, ok in zip(keep, decoded, strict=True) if ok]
         skipped = len(images.hr) - len(keep)
         if not keep:
@@ -426,7 +478,7 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
             "decoded in RAM" if self._in_ram else f"decoded cache in {self.cache_dir}",
         )
 
-    def _decode_all(self, pairs: list[tuple[Path, Path | None]]) -> list[bool]:
+    def _decode_all(self, pairs: list[tuple[Path, Path | None]], threads: int) -> list[bool]:
         def decode(pair: tuple[Path, Path | None]) -> BaseException | None:
             try:
                 for path in pair:
@@ -438,7 +490,6 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
                 return exc
             return None
 
-        threads = min(8, os.cpu_count() or 1)
         with ThreadPoolExecutor(threads) as pool:
             results = list(
                 tqdm(
@@ -463,7 +514,8 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
             return self._ram[path]
         if self.cache_dir is None or self._in_ram:
             return load_image(path)
-        key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
+        stat = path.stat()  # a file replaced under the same name gets a new entry
+        key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
         cached = self.cache_dir / f"{key}.safetensors"
         if cached.is_file():
             try:

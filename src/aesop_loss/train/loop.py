@@ -30,7 +30,7 @@ from ..archs import AutoEncoder, RRDBNet, SRVGGNetCompact
 from ..checkpoints import CheckpointError
 from ..cli import CLIError
 from ..diagnostics import Diagnosis, diagnose
-from ..hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, push_folder_to_hub
+from ..hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, prepare_push, push_folder_to_hub
 from ..metrics import psnr
 from ..resize import make_lr
 from .budget import check_budget
@@ -40,6 +40,7 @@ from .data import (
     CropDataset,
     DataError,
     SampleStream,
+    check_out_outside_data,
     collate_crops,
     load_image,
     prepare_data,
@@ -389,7 +390,16 @@ def train(cfg: PretrainConfig) -> Path:
             Ctrl-C aborted it mid-step).
     """
     cfg.validate()
+    try:
+        check_out_outside_data(cfg.out, cfg.data)
+    except DataError as exc:
+        raise CLIError(str(exc)) from None
     teacher = load_teacher(cfg)  # before the folder is claimed: a bad --teacher leaves nothing behind
+    if cfg.push_to_hub and int(os.environ.get("RANK", "0")) == 0:
+        try:
+            prepare_push(cfg.push_to_hub)  # a bad id or no Hub fails now, not after the run
+        except CheckpointError as exc:
+            raise CLIError(str(exc)) from None
     main_process = int(os.environ.get("RANK", "0")) == 0
     check_budget(cfg, _run_device(cfg), teacher=teacher, force=cfg.force, report=main_process)  # too big
     keys = ("step", "model", "ema", "optimizer", "config")  # of a checkpoint written by this loop
