@@ -203,7 +203,7 @@ def test_opt_in_value_checks(make, needle):
     if needle == "NaN or Inf":
         loss_fn(bad, bad)
     else:
-        with pytest.warns(UserWarning, match=r"the first inputs span .* not \[0, 1\]") as seen:
+        with pytest.warns(UserWarning, match=r"the first hr spans .* not \[0, 1\]") as seen:
             loss_fn(bad, bad)
         assert seen[0].filename == __file__  # it points at the caller's line
     with warnings.catch_warnings(action="error"):

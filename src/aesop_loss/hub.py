@@ -211,9 +211,15 @@ def save_model(model: nn.Module, save_directory: str | os.PathLike[str], **card:
     folder = Path(save_directory)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    config = json.dumps(_model_config(model), indent=2) + "\n"
+    old = folder / CONFIG_NAME
+    if old.is_file() and old.stat().st_size < _MAX_CONFIG_BYTES and old.read_text(encoding="utf-8") != config:
+        # another model is being replaced: a config.json that states only the architecture first, so
+        # that the folder loads consistently (settings from the weights) after a kill at any point
+        atomic_write_text(old, json.dumps({"architecture": type(model).__name__}) + "\n")
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
-    atomic_write_text(folder / CONFIG_NAME, json.dumps(_model_config(model), indent=2) + "\n")
+    atomic_write_text(folder / CONFIG_NAME, config)
     atomic_write_text(folder / CARD_NAME, _render_card(model, info))
     return folder
 

@@ -355,12 +355,13 @@ class AESOPLoss(nn.Module):
                 f"crops that are multiples of {s}."
             )
         if not self._range_seen and not self.check_values:
+            # the ground truth tells the convention ([0, 1], [0, 255], [-1, 1]); an untrained net's
+            # output may stray, so sr is not judged here
             self._range_seen = True
-            lo = float(torch.minimum(sr.detach().min(), hr.detach().min()))
-            hi = float(torch.maximum(sr.detach().max(), hr.detach().max()))
+            lo, hi = float(hr.detach().min()), float(hr.detach().max())
             if lo < _RANGE_LOW or hi > _RANGE_HIGH:
                 warnings.warn(
-                    f"AESOPLoss: the first inputs span [{lo:.3g}, {hi:.3g}], not [0, 1], where the AE was "
+                    f"AESOPLoss: the first hr spans [{lo:.3g}, {hi:.3g}], not [0, 1], where the AE was "
                     "trained: scale [0, 255] images by 1/255 and [-1, 1] images by (x + 1) / 2 "
                     "(check_values=True makes this an error on every call).",
                     UserWarning,
