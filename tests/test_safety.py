@@ -729,3 +729,16 @@ def test_saving_another_model_into_a_model_folder_survives_a_kill(tmp_path, monk
     monkeypatch.undo()
     loaded = AutoEncoder.from_pretrained(folder)  # loads, and config agrees with the weights
     assert loaded.num_feat == (16 if killed == "before-weights" else 32)
+
+
+@pytest.mark.filterwarnings("ignore:Loaded the bundled demo AE")
+def test_train_esrgan_never_appends_through_a_linked_log(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(_esrgan_main(), ["--smoke", "--out", str(out), "--device", "cpu"]) == 0
+    users = tmp_path / "diary.txt"
+    users.write_text("mine\n")
+    (out / "metrics.jsonl").unlink()
+    (out / "metrics.jsonl").symlink_to(users)
+    assert run_cli(_esrgan_main(), ["--smoke", "--out", str(out), "--steps", "3", "--resume"]) == 2
+    assert "metrics.jsonl is a symbolic link" in _one_error_line(capsys)
+    assert users.read_text() == "mine\n"

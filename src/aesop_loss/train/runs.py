@@ -171,8 +171,9 @@ class RunFolder:
             folder = self.path / sub
             paths.append(folder)
             if folder.is_dir() and not folder.is_symlink():
-                paths += [folder / name for name in names if name != "*"]
-                paths += [entry for entry in folder.glob(".*.tmp")]
+                # "*": the tool owns every name there, so no entry may be a link
+                paths += list(folder.iterdir()) if "*" in names else [folder / name for name in names]
+                paths += list(folder.glob(".*.tmp"))
         links = [p for p in paths if p.is_symlink()]
         if links:
             raise RunFolderError(
