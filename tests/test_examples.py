@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import warnings
@@ -56,7 +57,9 @@ def test_quickstart_smoke_writes_a_labelled_picture_beside_itself(tmp_path):
     assert "trained with AESOP" in out
 
 
-def test_train_esrgan_smoke_runs_twice_into_its_own_folders_with_labelled_samples(tmp_path):
+def test_train_esrgan_smoke_runs_twice_into_its_own_folders_with_labelled_samples(
+    tmp_path, caplog, monkeypatch
+):
     import re
     import shutil
 
@@ -65,9 +68,16 @@ def test_train_esrgan_smoke_runs_twice_into_its_own_folders_with_labelled_sample
     from aesop_loss import RRDBNet
 
     outs = []
-    for _ in range(2):  # no --out: each smoke run takes a new temporary folder
-        err = _run("train_esrgan.py", "--smoke", "--device", "cpu", cwd=tmp_path).stderr
-        outs.append(Path(re.search(r"done: (\S+)/generator", err).group(1)))
+    err = _run("train_esrgan.py", "--smoke", "--device", "cpu", cwd=tmp_path).stderr  # as a user runs it
+    outs.append(Path(re.search(r"done: (\S+)/generator", err).group(1)))
+    import train_esrgan  # and again in this process (faster): no --out, so a new temporary folder
+
+    caplog.set_level(logging.INFO, logger="train_esrgan")
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Loaded the bundled demo AE")
+        assert train_esrgan.main(["--smoke", "--device", "cpu"]) == 0
+    outs.append(Path(re.search(r"done: (\S+)/generator", caplog.text).group(1)))
     assert outs[0] != outs[1]
     assert list(tmp_path.iterdir()) == []  # nothing in the folder it ran from
     run = outs[1]
