@@ -301,7 +301,11 @@ def test_torchrun_two_processes_match_single_process(tmp_path):
         "2",
         "--device",
         "cpu",
+        "--teacher",  # distillation under DDP too: each rank runs the frozen teacher on its crops
+        str(tmp_path / "teacher"),
     ]
+    torch.manual_seed(5)
+    AutoEncoder(**TINY_ARCH).save_pretrained(tmp_path / "teacher")
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
@@ -313,6 +317,7 @@ def test_torchrun_two_processes_match_single_process(tmp_path):
     assert main([*_args(single), "--batch-size", "4", *common]) == 0
     logs = _metrics(ddp)
     assert [m["step"] for m in logs] == [2, 4]  # written once, by rank 0
+    assert all(m["loss_distill"] > 0 for m in logs)
     assert sorted(p.name for p in (ddp / "checkpoints").iterdir()) == ["last.pt"]
     a, b = load_file(ddp / "model.safetensors"), load_file(single / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
