@@ -271,9 +271,17 @@ def test_train_esrgan_flags_are_checked_first(tmp_path, capsys, flag, value):
 # --- links, adopted folders, damaged checkpoints (second safety pass) ---------------------------------
 
 
-def test_a_lock_that_is_a_link_to_a_users_file_is_never_written(tmp_path, capsys):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def one_step_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished one-step pretraining run; tests copy it (a run folder moves with its files)."""
+    out = tmp_path_factory.mktemp("shared") / "run"
     assert pretrain_main(_pretrain_args(out, "--steps", "1", "--save-every", "1")) == 0
+    return out
+
+
+def test_a_lock_that_is_a_link_to_a_users_file_is_never_written(tmp_path, capsys, one_step_run):
+    out = tmp_path / "run"
+    shutil.copytree(one_step_run, out)  # a finished one-step run of its own
     users = tmp_path / "thesis.tex"
     users.write_text("years of work\n")
     (out / ".lock").unlink()
@@ -283,9 +291,9 @@ def test_a_lock_that_is_a_link_to_a_users_file_is_never_written(tmp_path, capsys
     assert users.read_text() == "years of work\n"
 
 
-def test_a_linked_checkpoint_folder_is_refused_before_anything_is_deleted(tmp_path, capsys):
+def test_a_linked_checkpoint_folder_is_refused_before_anything_is_deleted(tmp_path, capsys, one_step_run):
     out = tmp_path / "run"
-    assert pretrain_main(_pretrain_args(out, "--steps", "1", "--save-every", "1")) == 0
+    shutil.copytree(one_step_run, out)  # a finished one-step run of its own
     elsewhere = tmp_path / "users-checkpoints"
     shutil.move(str(out / "checkpoints"), elsewhere)
     (elsewhere / ".last.pt.keep.tmp").write_text("a user's file with a tool-like name\n")
@@ -317,9 +325,9 @@ def test_resume_never_adopts_a_users_folder_on_its_word(tmp_path, capsys, tool):
     assert not (folder / ".lock").exists()
 
 
-def test_a_damaged_checkpoint_says_so_and_what_to_do(tmp_path, capsys):
+def test_a_damaged_checkpoint_says_so_and_what_to_do(tmp_path, capsys, one_step_run):
     out = tmp_path / "run"
-    assert pretrain_main(_pretrain_args(out, "--steps", "1", "--save-every", "1")) == 0
+    shutil.copytree(one_step_run, out)  # a finished one-step run of its own
     ckpt = out / "checkpoints" / "last.pt"
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     assert run_cli(pretrain_main, _pretrain_args(out, "--steps", "2", "--resume")) == 2
