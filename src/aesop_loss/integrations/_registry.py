@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, TypeVar
 
 from ..loss import AESOPLoss
@@ -18,15 +19,25 @@ def _registered(registry: Any, name: str) -> bool:
     return True
 
 
-def register_as(registry: Any, cls: type[L], name: str, *, framework: str) -> type[L]:
+def register_as(registry: Any, cls: type[L], name: str, *, framework: str, default_registry: str) -> type[L]:
     """Register ``cls`` (or a subclass of it named ``name``) in ``registry`` and return what was registered.
 
     The registries of BasicSR, neosr and traiNNer-redux register a class under its ``__name__``
     (traiNNer-redux lower-cased), so another name needs a subclass of that name.
 
+    Args:
+        registry: The framework's registry, or None for ``default_registry``'s ``LOSS_REGISTRY``.
+        cls: The loss class.
+        name: The option ``type`` that builds it.
+        framework: The framework's name, for messages.
+        default_registry: The module that holds the framework's ``LOSS_REGISTRY``.
+
     Raises:
         ValueError: The registry already holds something under ``name`` (as its ``get`` sees it).
+        ImportError: No ``registry`` given and the framework is not importable.
     """
+    if registry is None:
+        registry = importlib.import_module(default_registry).LOSS_REGISTRY
     if not name.isidentifier():
         raise ValueError(f"{framework}: {name!r} is not a valid loss type name (letters, digits, '_').")
     if _registered(registry, name):

@@ -60,8 +60,6 @@ def register(registry: Any = None, *, name: str = "AESOPLoss") -> type[AESOPLoss
         >>> register(registry).__name__, sorted(registry)
         ('AESOPLoss', ['AESOPLoss'])
     """
-    if registry is None:
-        from basicsr.utils.registry import LOSS_REGISTRY
-
-        registry = LOSS_REGISTRY
-    return register_as(registry, AESOPLoss, name, framework="BasicSR")
+    return register_as(
+        registry, AESOPLoss, name, framework="BasicSR", default_registry="basicsr.utils.registry"
+    )

@@ -59,8 +59,4 @@ def register(registry: Any = None, *, name: str = "AESOPLoss") -> type[AESOPLoss
         >>> register(Registry(), name="aesop_loss").__name__
         'aesop_loss'
     """
-    if registry is None:
-        from neosr.utils.registry import LOSS_REGISTRY
-
-        registry = LOSS_REGISTRY
-    return register_as(registry, AESOPLoss, name, framework="neosr")
+    return register_as(registry, AESOPLoss, name, framework="neosr", default_registry="neosr.utils.registry")

@@ -112,8 +112,6 @@ def register(registry: Any = None, *, name: str = "AESOPRefLoss") -> type[AESOPR
         ValueError: ``name`` is taken (``AESOPLoss`` in any casing is traiNNer-redux's own).
         ImportError: No ``registry`` given and traiNNer-redux is not importable.
     """
-    if registry is None:
-        from traiNNer.utils.registry import LOSS_REGISTRY
-
-        registry = LOSS_REGISTRY
-    return register_as(registry, AESOPRefLoss, name, framework="traiNNer-redux")
+    return register_as(
+        registry, AESOPRefLoss, name, framework="traiNNer-redux", default_registry="traiNNer.utils.registry"
+    )

@@ -307,14 +307,16 @@ class PretrainRun:
         low-frequency change (LR-sized noise, bicubic-upscaled) and white noise, half each. Seeded by
         the step and the rank, so a resumed run draws the same perturbations."""
         n, c, h, w = hr.shape
-        s = self.cfg.scale
-        gen = torch.Generator().manual_seed(
+        s, dev = self.cfg.scale, hr.device
+        # drawn on the run's device (no host-to-device copy on the step's path)
+        gen = torch.Generator(device=dev).manual_seed(
             (self.cfg.seed * 1_000_003 + self.step) * self.env.world + self.env.rank
         )
-        amp = torch.rand(n, 1, 1, 1, generator=gen) * self.cfg.distill_noise
-        low = F.interpolate(torch.randn(n, c, h // s, w // s, generator=gen), size=(h, w), mode="bicubic")
-        delta = amp * (low + torch.randn(n, c, h, w, generator=gen)) / 2
-        return hr + delta.to(hr.device, hr.dtype)
+        amp = torch.rand(n, 1, 1, 1, generator=gen, device=dev) * self.cfg.distill_noise
+        noise = torch.randn(n, c, h // s, w // s, generator=gen, device=dev)
+        low = F.interpolate(noise, size=(h, w), mode="bicubic")
+        delta = amp * (low + torch.randn(n, c, h, w, generator=gen, device=dev)) / 2
+        return hr + delta.to(hr.dtype)
 
     def train_step(self, hr: Tensor, lr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         model = self._wrap(self.step)
