@@ -96,3 +96,18 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """Max abs difference relative to the reference's max magnitude."""
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+@pytest.fixture
+def two_photo_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report at the end of a test pretraining run measures 2 bundled photos, not 7.
+
+    It is most of a tiny run's time; the report's own tests (test_diagnose) measure all 7.
+    """
+    import aesop_loss.train.loop as loop
+    from aesop_loss.diagnostics import diagnose, sample_images
+
+    def on_two(ae: AutoEncoder, images: Any = None, **kwargs: Any) -> Any:
+        return diagnose(ae, images if images is not None else sample_images()[:2], **kwargs)
+
+    monkeypatch.setattr(loop, "diagnose", on_two)

@@ -19,6 +19,8 @@ from aesop_loss.train.config import PretrainConfig
 
 from conftest import IMAGES, tiny_ae
 
+pytestmark = pytest.mark.usefixtures("two_photo_report")  # a short report after each run
+
 COMPACT = {"num_feat": 16, "num_block": 2, "num_grow_ch": 8, "decoder": "compact"}
 COMPACT_FLAGS = ["--num-feat", "16", "--num-block", "2", "--num-grow-ch", "8", "--decoder", "compact"]
 

@@ -20,6 +20,8 @@ from aesop_loss.train import PretrainRun, StopRequest
 from conftest import IMAGES, TINY_FLAGS, assert_stopped_and_saved, wait_for_file
 from conftest import TINY as TINY_ARCH
 
+pytestmark = pytest.mark.usefixtures("two_photo_report")  # a short report after each run
+
 TINY = [*TINY_FLAGS, "--crop", "32", "--workers", "0"]
 
 

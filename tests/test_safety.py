@@ -25,6 +25,8 @@ from aesop_loss.train import RunFolder
 
 from conftest import AE_CKPT, IMAGES, TINY_FLAGS, wait_for_file
 
+pytestmark = pytest.mark.usefixtures("two_photo_report")  # a short report after each run
+
 EXAMPLES = Path(__file__).parents[1] / "examples"
 TINY = [*TINY_FLAGS, "--crop", "32", "--workers", "0"]
 
