@@ -192,6 +192,17 @@ def test_distillation_logs_its_term_and_resumes_exactly(teacher_dir, tmp_path, c
     assert f"teacher={str(teacher_dir)!r} (now 'demo')" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_distillation_under_amp_is_finite(teacher_dir, tmp_path, amp):
+    out = tmp_path / "run"
+    argv = _args(out, "--teacher", str(teacher_dir), "--distill-noise", "0.1", "--amp", amp, "--steps", "2")
+    assert main(argv) == 0
+    logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    terms = [(m["loss_rec"], m["loss_distill"]) for m in logs if "loss_rec" in m]
+    assert len(terms) == 1
+    assert all(0 < x < 10 for x in terms[0])
+
+
 @pytest.mark.parametrize("noise", [0.0, 0.1])
 def test_distilling_from_an_identical_teacher_adds_nothing(tmp_path, noise):
     # the distillation terms (outputs, and responses to perturbations) vanish when student == teacher

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import subprocess
 import sys
 import warnings
@@ -93,6 +94,22 @@ def test_train_esrgan_smoke_runs_twice_into_its_own_folders_with_labelled_sample
     assert (band > 200).sum() > 50  # the labels are drawn
     for out in outs:
         shutil.rmtree(out)
+
+
+@pytest.mark.filterwarnings("ignore:Loaded the bundled demo AE")
+@pytest.mark.parametrize(
+    ("device", "amp"), [("cpu", "bf16"), pytest.param("cuda", "fp16", marks=pytest.mark.cuda)]
+)
+def test_train_esrgan_smoke_under_amp(tmp_path, device, amp):
+    # the generator's output is bf16/fp16 (made inside autocast), the target fp32: the loss takes both
+    import train_esrgan
+
+    out = tmp_path / "run"
+    assert train_esrgan.main(["--smoke", "--device", device, "--amp", amp, "--out", str(out)]) == 0
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["step"] == 2
+    assert all(math.isfinite(record[k]) for k in ("l_pix", "l_gan", "l_d", "psnr", "ae_psnr", "lr_psnr"))
+    assert 0 < record["l_pix"] < 1
 
 
 @pytest.mark.filterwarnings("ignore:Loaded the bundled demo AE")

@@ -61,41 +61,55 @@ def build_loss(registry: Registry, opt: dict[str, Any]) -> nn.Module:
     return registry.get(opt.pop("type"))(**opt)
 
 
-def basicsr_generator_loss(cri_pix: nn.Module, output: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """basicsr/models/esrgan_model.py: ``l_g_pix = self.cri_pix(self.output, self.gt)``, added as is."""
+def basicsr_generator_loss(
+    cri_pix: nn.Module, net_g: nn.Module, lq: torch.Tensor, gt: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """basicsr/models/esrgan_model.py (no AMP): ``output = net_g(lq)``; ``l_g_pix = cri_pix(output, gt)``,
+    added as is. Returns (total, output)."""
+    output = net_g(lq)
     l_g_total = 0
     l_g_pix = cri_pix(output, gt)
     l_g_total += l_g_pix
-    return l_g_total
+    return l_g_total, output
 
 
 def neosr_generator_loss(
-    opt: dict[str, Any], registry: Registry, output: torch.Tensor, gt: torch.Tensor
-) -> torch.Tensor:
-    """neosr/models/image.py: built, moved channels-last, called under autocast, added as is."""
-    cri_pix = build_loss(registry, opt).to(output.device, memory_format=torch.channels_last)
-    with torch.autocast(device_type=output.device.type, dtype=torch.bfloat16, enabled=True):
+    opt: dict[str, Any], registry: Registry, net_g: nn.Module, lq: torch.Tensor, gt: torch.Tensor,
+    *, amp_dtype: torch.dtype = torch.bfloat16,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """neosr/models/image.py: built, moved channels-last; with ``use_amp`` the generator's forward and
+    the losses run inside one autocast region; added as is. Returns (total, output)."""
+    cri_pix = build_loss(registry, opt).to(gt.device, memory_format=torch.channels_last)
+    with torch.autocast(device_type=gt.device.type, dtype=amp_dtype, enabled=True):
+        output = net_g(lq)
         l_g_total = torch.zeros(1)
         l_g_pix = cri_pix(output, gt)
         l_g_total += l_g_pix
-    return l_g_total
+    return l_g_total, output
 
 
 def trainner_generator_loss(
-    losses_opt: list[dict[str, Any]], registry: Registry, output: torch.Tensor, gt: torch.Tensor,
-    lq: torch.Tensor, scale: int,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
-    """traiNNer/models/sr_model.py: losses by label; a negative weight swaps the target for the
-    clamped bicubic-upscaled LR; the model multiplies by ``abs(loss.loss_weight)``."""
+    losses_opt: list[dict[str, Any]], registry: Registry, net_g: nn.Module, gt: torch.Tensor,
+    lq: torch.Tensor, scale: int, *, use_amp: bool = True, amp_bf16: bool = True,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:  # fmt: skip
+    """traiNNer/models/sr_model.py: losses by label; the generator's forward and the losses inside
+    ``autocast(dtype=bf16 if amp_bf16 else fp16, enabled=use_amp)``; a negative weight swaps the
+    target for the clamped bicubic-upscaled LR; the model multiplies by ``abs(loss.loss_weight)``.
+    Returns (total, logged, output)."""
+    # use_channels_last (on in its templates) takes effect with use_amp: losses, lq and gt channels-last
+    memory_format = torch.channels_last if use_amp else torch.preserve_format
     losses = {}
     for loss in losses_opt:
         assert "loss_weight" in loss
         if float(loss["loss_weight"]) != 0:
             label = "l_g_" + loss["type"].lower().replace("loss", "")  # loss_type_to_label
-            losses[label] = build_loss(registry, loss).to(output.device, memory_format=torch.preserve_format)
+            losses[label] = build_loss(registry, loss).to(gt.device, memory_format=memory_format)
+    gt, lq = gt.to(memory_format=memory_format), lq.to(memory_format=memory_format)  # feed_data
     total = torch.tensor(0.0)
     logged = {}
-    with torch.autocast(device_type=output.device.type, dtype=torch.bfloat16, enabled=True):
+    amp_dtype = torch.bfloat16 if amp_bf16 else torch.float16
+    with torch.autocast(device_type=gt.device.type, dtype=amp_dtype, enabled=use_amp):
+        output = net_g(lq)
         lq_target = None
         for label, loss in losses.items():
             target = gt
@@ -108,7 +122,23 @@ def trainner_generator_loss(
             weighted = loss(output, target) * abs(loss.loss_weight)
             total = total + weighted
             logged[label] = weighted
-    return total, logged
+    return total, logged, output
+
+
+class Generator(nn.Module):
+    """An x4 SR net as small as can be: nearest upsampling, then a near-identity convolution last (as in
+    any SR net, so that under autocast its output has autocast's dtype)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.mul_(0.1)
+            self.conv.weight[:, :, 1, 1] += torch.eye(3)
+
+    def forward(self, lq: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(lq, scale_factor=4, mode="nearest"))
 
 
 @pytest.fixture(scope="module")
@@ -124,12 +154,11 @@ def ae_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture
-def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def batch() -> tuple[Generator, torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
     gt = torch.rand(2, 3, 32, 32, generator=gen)
     lq = F.interpolate(gt, scale_factor=0.25, mode="bicubic", antialias=True).clamp(0, 1)
-    output = (gt + 0.1 * torch.randn(2, 3, 32, 32, generator=gen)).requires_grad_(True)
-    return output, gt, lq
+    return Generator(), gt, lq
 
 
 def _reference(ae_dir: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -144,64 +173,109 @@ def _maybe_negative(weight: float):
     return warnings.catch_warnings(action="error", category=UserWarning)
 
 
+def _grads_reach_the_generator(net_g: nn.Module) -> None:
+    grad = net_g.conv.weight.grad
+    assert grad is not None
+    assert torch.isfinite(grad).all()
+    assert grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("weight", WEIGHTS)
 def test_basicsr_gives_weight_times_the_loss(ae_dir, batch, weight):
-    output, gt, _ = batch
+    net_g, gt, lq = batch
     registry = Registry("basicsr")
     basicsr.register(registry)
     with _maybe_negative(weight):  # BasicSR has no other meaning for a negative weight
         cri_pix = build_loss(registry, {"type": "AESOPLoss", "ae": ae_dir, "loss_weight": weight})
-    value = basicsr_generator_loss(cri_pix, output, gt)
+    value, output = basicsr_generator_loss(cri_pix, net_g, lq, gt)
     assert value.item() == pytest.approx(weight * _reference(ae_dir, output, gt).item(), rel=1e-6)
     value.backward()
-    assert output.grad is not None
-    assert output.grad.abs().sum() > 0
+    _grads_reach_the_generator(net_g)
 
 
+AMP = [torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("amp", AMP, ids=["bf16", "fp16"])
 @pytest.mark.parametrize("weight", WEIGHTS)
-def test_neosr_gives_weight_times_the_loss(ae_dir, batch, weight):
-    output, gt, _ = batch
+def test_neosr_gives_weight_times_the_loss(ae_dir, batch, weight, amp):
+    net_g, gt, lq = batch
     registry = Registry("neosr")
     neosr.register(registry)
     opt = {"type": "AESOPLoss", "ae": ae_dir, "loss_weight": weight}
     with _maybe_negative(weight):
-        value = neosr_generator_loss(opt, registry, output, gt)
-    assert value.dtype == torch.float32  # the AE ran in fp32 inside neosr's autocast
+        value, output = neosr_generator_loss(opt, registry, net_g, lq, gt, amp_dtype=amp)
+    assert output.dtype == amp  # the generator ran under neosr's autocast
+    assert value.dtype == torch.float32  # the AE ran in fp32 inside it
     # channels-last weights move the result by ~1e-6 relative
-    assert value.item() == pytest.approx(weight * _reference(ae_dir, output, gt).item(), rel=1e-5)
+    expected = weight * _reference(ae_dir, output.float(), gt).item()
+    assert value.item() == pytest.approx(expected, rel=1e-5)
+    value.sum().backward()
+    _grads_reach_the_generator(net_g)
 
 
+TRAINNER_AMP = [(False, True), (True, True), (True, False)]  # (use_amp, amp_bf16)
+
+
+@pytest.mark.parametrize(("use_amp", "amp_bf16"), TRAINNER_AMP, ids=["amp-off", "amp-bf16", "amp-fp16"])
 @pytest.mark.parametrize("weight", WEIGHTS)
-def test_trainner_gives_abs_weight_times_the_loss_and_its_bicubic_target(ae_dir, batch, weight):
-    output, gt, lq = batch
+def test_trainner_gives_abs_weight_times_the_loss_and_its_bicubic_target(
+    ae_dir, batch, weight, use_amp, amp_bf16
+):
+    net_g, gt, lq = batch
     registry = Registry("traiNNer", lower=True)
     registry.register(type("AESOPLoss", (nn.Module,), {}))  # traiNNer-redux's own aesoploss
     trainner.register(registry)
     opt = [{"type": "AESOPRefLoss", "ae": ae_dir, "loss_weight": weight}]
     with warnings.catch_warnings(action="error", category=UserWarning):  # negative is meaningful here
-        total, logged = trainner_generator_loss(opt, registry, output, gt, lq, scale=4)
+        total, logged, output = trainner_generator_loss(
+            opt, registry, net_g, gt, lq, scale=4, use_amp=use_amp, amp_bf16=amp_bf16
+        )
+    assert output.dtype == (torch.float32 if not use_amp else torch.bfloat16 if amp_bf16 else torch.float16)
     assert list(logged) == ["l_g_aesopref"]
+    output = output.float()
     if weight > 0:
         expected = weight * _reference(ae_dir, output, gt)
     else:
         target = F.interpolate(lq, scale_factor=4, mode="bicubic", antialias=True).clamp(0, 1)
         expected = abs(weight) * _reference(ae_dir, output, target)
         assert expected.item() != pytest.approx((abs(weight) * _reference(ae_dir, output, gt)).item())
-    assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+    # channels-last weights (with AMP) move the result by ~1e-6 relative
+    assert total.item() == pytest.approx(expected.item(), rel=1e-5 if use_amp else 1e-6)
     assert total.item() > 0  # never gradient ascent
     total.backward()
-    assert output.grad is not None
-    assert output.grad.abs().sum() > 0
+    _grads_reach_the_generator(net_g)
+
+
+def test_trainner_two_entries_need_two_names(ae_dir, batch):
+    # traiNNer-redux keys its losses by label (the lower-cased type): a second entry of one type replaces
+    # the first without a word, so a second AESOPRefLoss (say, on the bottleneck) is registered apart.
+    net_g, gt, lq = batch
+    registry = Registry("traiNNer", lower=True)
+    trainner.register(registry)
+    trainner.register(registry, name="AESOPBottleneckLoss")
+    same = [{"type": "AESOPRefLoss", "ae": ae_dir, "loss_weight": 1.0},
+            {"type": "AESOPRefLoss", "ae": ae_dir, "loss_weight": 0.5, "space": "bottleneck"}]  # fmt: skip
+    _, logged, _ = trainner_generator_loss(same, registry, net_g, gt, lq, scale=4)
+    assert list(logged) == ["l_g_aesopref"]  # merged: only the last entry counts
+    apart = [same[0], {**same[1], "type": "AESOPBottleneckLoss"}]
+    total, logged, output = trainner_generator_loss(apart, registry, net_g, gt, lq, scale=4)
+    assert list(logged) == ["l_g_aesopref", "l_g_aesopbottleneck"]
+    output = output.float()
+    with torch.no_grad():
+        bottleneck = AESOPLoss(ae_dir, space="bottleneck")(output, gt)
+    expected = _reference(ae_dir, output, gt) + 0.5 * bottleneck
+    assert total.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_the_plain_class_in_trainner_would_square_the_weight(ae_dir, batch):
     # What the old advice (register AESOPLoss under another name) gave: the stand-in catches it.
-    output, gt, lq = batch
+    net_g, gt, lq = batch
     registry = Registry("traiNNer", lower=True)
     registry.register(type("AESOPLossRef", (AESOPLoss,), {}))
     opt = [{"type": "AESOPLossRef", "ae": ae_dir, "loss_weight": 0.5}]
-    total, _ = trainner_generator_loss(opt, registry, output, gt, lq, scale=4)
-    assert total.item() == pytest.approx(0.25 * _reference(ae_dir, output, gt).item(), rel=1e-6)
+    total, _, output = trainner_generator_loss(opt, registry, net_g, gt, lq, scale=4)
+    assert total.item() == pytest.approx(0.25 * _reference(ae_dir, output.float(), gt).item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("name", ["AESOPLoss", "aesoploss", "AesopLoss"])
@@ -246,10 +320,10 @@ def test_real_basicsr_when_installed(ae_dir, batch):
     losses = pytest.importorskip("basicsr.losses")
     if "AESOPLoss" not in registry_module.LOSS_REGISTRY:
         basicsr.register()
-    output, gt, _ = batch
+    net_g, gt, lq = batch
     cri_pix = losses.build_loss({"type": "AESOPLoss", "ae": ae_dir, "loss_weight": 0.5})
-    expected = 0.5 * _reference(ae_dir, output, gt).item()
-    assert cri_pix(output, gt).item() == pytest.approx(expected, rel=1e-6)
+    value, output = basicsr_generator_loss(cri_pix, net_g, lq, gt)
+    assert value.item() == pytest.approx(0.5 * _reference(ae_dir, output, gt).item(), rel=1e-6)
 
 
 # --- traiNNer-redux's AE, from traiNNer/archs/autoencoder_arch.py and spandrel's ESRGAN blocks:
@@ -423,11 +497,86 @@ def test_trainner_ae_with_another_decoder_is_refused_naming_it(tmp_path):
     save_file({k: v.clone().contiguous() for k, v in sd.items()}, str(path))
     with pytest.raises(CheckpointError, match=r"decoder is SRVGGNetCompact without PReLU weights"):
         AutoEncoder.from_pretrained(path)
-    sd = {k: v for k, v in sd.items() if not k.startswith("decoder.")} | {
-        "decoder.conv_1.sk.weight": torch.zeros(3)
-    }
-    save_file({k: v.clone().contiguous() for k, v in sd.items()}, str(path))
-    with pytest.raises(CheckpointError, match=r"an architecture aesop-loss does not implement"):
+    for name, keys in _OTHER_DECODERS.items():
+        sd = {k: v for k, v in sd.items() if not k.startswith("decoder.")}
+        sd |= {f"decoder.{key}": torch.zeros(4, 4, 3, 3) for key in keys}
+        save_file({k: v.clone().contiguous() for k, v in sd.items()}, str(path))
+        with pytest.raises(CheckpointError) as info:
+            AutoEncoder.from_pretrained(path)
+        assert str(info.value).splitlines() == [
+            f"{path}: a traiNNer-redux AE whose decoder is {name}, an architecture aesop-loss does not "
+            "implement; aesop-loss reads AEs with an RRDB (ESRGAN) or SRVGGNetCompact (PReLU) decoder only."
+        ]
+
+
+# A few of each architecture's keys, as spandrel's detection reads them (SwinIR's and DRCT's have an
+# ESRGAN-like conv_first, which must not pass for an RRDB generator).
+_OTHER_DECODERS = {
+    "SPAN": ["conv_1.sk.weight", "block_1.c1_r.sk.weight", "block_1.c1_r.eval_conv.weight",
+             "upsampler.0.weight"],
+    "SwinIR": ["conv_first.weight", "layers.0.residual_group.blocks.0.attn.relative_position_index",
+               "layers.0.residual_group.blocks.0.norm1.weight", "conv_last.weight"],
+    "DRCT": ["conv_first.weight", "layers.0.swin1.attn.qkv.weight", "layers.0.adjust1.weight", "norm.weight"],
+    "PLKSR / RealPLKSR": ["feats.0.weight", "feats.1.refine.weight", "feats.1.channel_mixer.0.weight"],
+}  # fmt: skip
+
+
+class _EMA(nn.Module):
+    """ema_pytorch's ``EMA`` as traiNNer-redux's AE model builds it (``ae_model.py``): the raw network
+    as ``online_model``, its average as ``ema_model``, and ``initted`` / ``step`` buffers."""
+
+    def __init__(self, online: nn.Module, ema: nn.Module) -> None:
+        super().__init__()
+        self.online_model, self.ema_model = online, ema
+        self.register_buffer("initted", torch.tensor(True))
+        self.register_buffer("step", torch.tensor(1234))
+
+
+def _saved_as_trainner_save_network_does(net: nn.Module, path: Path) -> None:
+    """traiNNer/models/base_model.py ``save_network``: the bare module's state dict without ``module.``
+    and ``n_averaged``, contiguous on the CPU; safetensors as it is, ``.pth`` bare (no hyperparameters)."""
+    sd = {k.removeprefix("module."): v.detach().to("cpu", memory_format=torch.contiguous_format).clone()
+          for k, v in net.state_dict().items() if k != "n_averaged"}  # fmt: skip
+    if path.suffix == ".safetensors":
+        save_file(sd, str(path))
+    else:
+        torch.save(sd, path)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_trainner_ema_wrapper_file_loads_its_ema_weights(tmp_path, suffix):
+    online, ema = _trainner_ae(4), _trainner_ae(4)
+    with torch.no_grad():  # the average differs from the raw weights
+        for p in ema.parameters():
+            p.mul_(0.9)
+    path = tmp_path / f"net_ae_ema_latest{suffix}"  # traiNNer-redux's experiments/NAME/models/ file
+    _saved_as_trainner_save_network_does(_EMA(online, ema), path)
+    ae = AutoEncoder.from_pretrained(path)
+    assert ae.config == {"num_in_ch": 3, "num_feat": 32, "num_block": 1, "num_grow_ch": 32,
+                         "scale": 4, "encoder": "learned", "decoder": "rrdb"}  # fmt: skip
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        theirs, raw = ema(x), online(x)
+        assert (ae(x) - theirs).abs().max() < 1e-5 * theirs.abs().max()
+        assert (ae(x) - raw).abs().max() > 1e-3 * raw.abs().max()  # the EMA weights, not the online ones
+    loss = AESOPLoss(path)  # as ae= in a loss's options
+    assert loss(x, x).item() == 0.0
+
+
+def test_trainner_ema_wrapper_is_read_strictly(tmp_path):
+    wrapper = _EMA(_trainner_ae(2), _trainner_ae(2))
+    sd = {k: v.detach().clone().contiguous() for k, v in wrapper.state_dict().items()}
+    path = tmp_path / "net_ae_ema_latest.safetensors"
+    save_file({**sd, "extra.weight": torch.zeros(1)}, str(path))
+    unexpected = r"EMA wrapper \(ema_model\.\*\) with unexpected entries extra\.weight"
+    with pytest.raises(CheckpointError, match=unexpected):
+        AutoEncoder.from_pretrained(path)
+    save_file({k: v for k, v in sd.items() if k != "online_model.decoder.model.0.bias"}, str(path))
+    with pytest.raises(CheckpointError, match=r"online_model\.\* and ema_model\.\* name different tensors"):
+        AutoEncoder.from_pretrained(path)
+    save_file({k: v for k, v in sd.items() if k != "ema_model.decoder.model.0.bias"
+               and k != "online_model.decoder.model.0.bias"}, str(path))  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"missing keys: decoder\.conv_first\.bias"):
         AutoEncoder.from_pretrained(path)
 
 

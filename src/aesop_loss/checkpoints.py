@@ -219,6 +219,7 @@ def _unwrap(obj: Any, source: Path) -> StateDict:
             obj = obj[key]
             break
     _check_count(len(obj), str(source))
+    obj = _from_ema_wrapper(obj, source)
     state: StateDict = {}
     for name, value in obj.items():
         if not isinstance(value, Tensor):
@@ -234,6 +235,46 @@ def _unwrap(obj: Any, source: Path) -> StateDict:
         raise CheckpointError(f"{source}: the checkpoint holds no tensors.")
     _check_weights(state, source=str(source))
     return state
+
+
+# ema_pytorch's ``EMA`` module, saved whole by traiNNer-redux's AE model as ``net_ae_ema_*``: the
+# averaged weights under ``ema_model.``, the raw ones under ``online_model.``, and two counters.
+_EMA_PREFIX, _ONLINE_PREFIX = "ema_model.", "online_model."
+_EMA_COUNTERS = frozenset({"initted", "step"})
+
+
+def _from_ema_wrapper(obj: Mapping[str, Any], source: Path) -> Mapping[str, Any]:
+    """The averaged weights of an EMA-wrapper state dict (``ema_model.*``); any other dict as it is.
+
+    Strict: besides its two counters the wrapper may hold only the raw copy of the same network
+    (``online_model.*``, the same names), which is dropped.
+
+    Examples:
+        >>> import torch
+        >>> wrapper = {"initted": torch.tensor(True), "step": torch.tensor(7),
+        ...            "online_model.w": torch.zeros(1), "ema_model.w": torch.ones(1)}
+        >>> _from_ema_wrapper(wrapper, Path("net_ae_ema_latest.pth"))
+        {'w': tensor([1.])}
+    """
+    if not any(isinstance(k, str) and k.startswith(_EMA_PREFIX) for k in obj):
+        return obj
+    ema = {k[len(_EMA_PREFIX) :]: v for k, v in obj.items() if k.startswith(_EMA_PREFIX)}
+    online = {k[len(_ONLINE_PREFIX) :] for k in obj if k.startswith(_ONLINE_PREFIX)}
+    parts = (_EMA_PREFIX, _ONLINE_PREFIX)
+    other = sorted(k for k in obj if not k.startswith(parts) and k not in _EMA_COUNTERS)
+    if other:
+        raise CheckpointError(
+            f"{source}: an EMA wrapper (ema_model.*) with unexpected entries {_listing(other)}; "
+            "expected only ema_model.*, online_model.*, initted and step (ema_pytorch's EMA, as "
+            "traiNNer-redux saves it)."
+        )
+    if online and online != set(ema):
+        raise CheckpointError(
+            f"{source}: the EMA wrapper's online_model.* and ema_model.* name different tensors "
+            f"(e.g. {_listing(sorted(online ^ set(ema)), 3)}); the file is inconsistent."
+        )
+    logger.debug("%s: using the EMA weights (ema_model.*) of an EMA wrapper", source)
+    return ema
 
 
 def _infer_rrdbnet_config(sd: Mapping[str, Tensor], source: str) -> dict[str, Any]:
@@ -507,8 +548,27 @@ _OUR_ENCODER_RDB = re.compile(r"^encoder\.2\.(\d+)\.rdb([123])\.conv([1-5])\.(we
 _ESRGAN_GROWTH = 32  # spandrel's RRDB blocks (both of traiNNer-redux's AE parts) fix the growth at 32
 
 
+# Architectures traiNNer-redux can build as an AE decoder and aesop-loss does not implement, each by a
+# key only it has (spandrel's detection keys); the more specific first (HAT's blocks are SwinIR's too).
+_OTHER_ARCHITECTURES = (
+    ("SPAN", "block_1.c1_r.sk.weight"),
+    ("HAT", "layers.0.residual_group.blocks.0.conv_block.cab.0.weight"),
+    ("ATD", "layers.0.residual_group.td"),
+    ("SwinIR", "layers.0.residual_group.blocks.0.attn.relative_position_index"),
+    ("DRCT", "layers.0.swin1.attn.qkv.weight"),
+    ("RGT", "layers.0.blocks.0.gamma"),
+    ("DAT", "layers.0.blocks.0.ffn.sg.conv.weight"),
+    ("OmniSR", "residual_layer.0.residual_layer.0.layer.0.fn.0.weight"),
+    ("PLKSR / RealPLKSR", "feats.1.refine.weight"),
+    ("MoSR", "gblocks.1.fc1.weight"),
+)
+
+
 def _name_generator(sd: Mapping[str, Tensor]) -> str:
     """A readable name for the generator a state dict holds, for error messages."""
+    for name, key in _OTHER_ARCHITECTURES:
+        if key in sd:
+            return f"{name}, an architecture aesop-loss does not implement"
     if "model.0.weight" in sd or "conv_first.weight" in sd:
         return "an RRDB (ESRGAN) generator"
     if _is_compact(sd):

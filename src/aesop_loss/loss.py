@@ -89,9 +89,12 @@ class AESOPLoss(nn.Module):
             the plain ``l1(ae(sr), ae(hr))`` a user would write: PyTorch's default
             (``torch.backends.cudnn.allow_tf32 = True``) gives TF32 convolutions on Ampere and
             newer GPUs. The loss never changes that flag; for the reference's bit-exact numbers,
-            set ``torch.backends.cudnn.allow_tf32 = False`` yourself. ``"bf16"`` / ``"fp16"`` run
-            the AE under autocast of that type; ``"auto"`` follows the caller's autocast.
-            Distances are always accumulated in fp32.
+            set ``torch.backends.cudnn.allow_tf32 = False`` yourself. With ``"fp32"``, a bf16/fp16
+            ``sr`` from inside the caller's autocast and an fp32 ``hr`` are both promoted to the
+            AE's dtype, so the value equals the loss of ``sr.float()``. ``"bf16"`` / ``"fp16"``
+            run the AE under autocast of that type, whatever the inputs' dtypes; ``"auto"``
+            follows the caller's autocast (outside one, inputs are cast to the AE's dtype).
+            Distances are always accumulated in fp32, and ``sr``'s gradient has ``sr``'s dtype.
         channels_last: Run the AE in channels-last memory format (converts the AE's weights in
             place). Off by default: on a 2-core CPU it measured 0.85-0.90x the default's time at
             batch 1 (64^2-128^2) but 1.04x at batch 4 x 96^2, and it moves results by ~1e-5
@@ -255,8 +258,11 @@ class AESOPLoss(nn.Module):
         """Compute the loss.
 
         Args:
-            sr: Super-resolved images ``(N, C, H, W)`` in [0, 1]; gradients flow to it.
-            hr: Ground truth of the same shape, device and dtype.
+            sr: Super-resolved images ``(N, C, H, W)`` in [0, 1]; gradients flow to it (in its
+                own dtype).
+            hr: Ground truth of the same shape and device. Any floating dtypes mix, as in
+                ``nn.L1Loss`` under autocast: a bf16/fp16 ``sr`` made inside ``torch.autocast``
+                and an fp32 ``hr`` are fine (see ``precision`` for the AE's arithmetic).
             weight: Optional element-wise weight (BasicSR convention), broadcastable to the
                 distance map: ``(N, C or 1, H, W)``, or the bottleneck's size with
                 ``space="bottleneck"``. A weighted mean divides by the weight's sum.
@@ -291,11 +297,17 @@ class AESOPLoss(nn.Module):
         self._validate(sr, hr, param)
         device_type = sr.device.type
         with self._precision(device_type):
-            if not torch.is_autocast_enabled(device_type) and sr.dtype != param.dtype:
-                sr, hr = sr.to(param.dtype), hr.to(param.dtype)
+            if not torch.is_autocast_enabled(device_type):
+                # Outside autocast (precision="fp32", or "auto" in a loop without one), each input
+                # meets the AE in the AE's dtype: a bf16/fp16 net output made inside the caller's
+                # autocast and an fp32 target are both promoted, as nn.L1Loss would promote them.
+                # The cast is differentiable, so sr's gradient comes back in sr's own dtype.
+                sr_in, hr_in = sr.to(param.dtype), hr.to(param.dtype)
+            else:
+                sr_in, hr_in = sr, hr  # autocast chooses the convolutions' dtype
             with torch.no_grad():
-                target = self._embed(hr.detach())
-            pred = self._embed(sr)
+                target = self._embed(hr_in.detach())
+            pred = self._embed(sr_in)
         # Distances accumulate in at least fp32, also when the AE ran under autocast.
         acc = torch.promote_types(pred.dtype, torch.float32)
         if self.as_loss_map:
@@ -306,6 +318,7 @@ class AESOPLoss(nn.Module):
             dist = _distance(self.criterion, pred.to(acc), target.to(acc), self.eps)
         if weight is not None:
             _check_weight(weight, dist)
+            weight = weight.to(acc)
         return _weighted_reduce(dist, weight, self.reduction)
 
     def _validate(self, sr: Tensor, hr: Tensor, param: Tensor) -> None:
@@ -337,10 +350,6 @@ class AESOPLoss(nn.Module):
             raise ValueError(f"AESOPLoss: sr and hr shapes differ: {tuple(sr.shape)} vs {tuple(hr.shape)}.")
         if sr.device != hr.device:
             raise ValueError(f"AESOPLoss: sr is on {sr.device} but hr is on {hr.device}.")
-        if sr.dtype != hr.dtype:
-            raise TypeError(
-                f"AESOPLoss: sr is {sr.dtype} but hr is {hr.dtype}; cast one to match (e.g. hr.to(sr.dtype))."
-            )
         if sr.device != param.device:
             raise ValueError(
                 f"AESOPLoss: inputs are on {sr.device} but the AE is on {param.device}; move the "
@@ -368,7 +377,7 @@ class AESOPLoss(nn.Module):
                     stacklevel=6,  # the caller of criterion(sr, hr)
                 )
         if self.check_values:
-            for name, x in (("sr", sr), ("hr", hr)):
+            for name, x in (("sr", sr.detach()), ("hr", hr.detach())):
                 if not bool(torch.isfinite(x).all()):
                     raise ValueError(f"AESOPLoss: {name} contains NaN or Inf values.")
                 lo, hi = float(x.min()), float(x.max())
@@ -398,6 +407,12 @@ def _check_loss_weight(loss_weight: float, *, negative_ok: bool) -> float:
 
 
 def _check_weight(weight: Tensor, dist: Tensor) -> None:
+    if not isinstance(weight, Tensor) or not weight.is_floating_point():
+        kind = weight.dtype if isinstance(weight, Tensor) else type(weight).__name__
+        raise TypeError(
+            f"AESOPLoss: weight has dtype {kind}; pass a float tensor (e.g. mask.float()); any float "
+            "dtype works, it is applied in fp32."
+        )
     if weight.ndim != 4 or weight.device != dist.device:
         raise ValueError(
             f"AESOPLoss: weight must be a 4-D tensor on {dist.device}, got shape "

@@ -37,15 +37,23 @@ and list it in the options' ``losses:`` (the ``pixel_opt`` blocks are its older 
           gan_type: vanilla
           loss_weight: 0.005
 
-traiNNer-redux runs losses inside ``torch.autocast`` when ``use_amp`` is on and moves them with
-``.to(device, memory_format=channels_last)`` when ``use_channels_last`` is also on; the AE still
-runs in fp32 (``precision: fp32``, the default), like traiNNer-redux's own loss, which casts its
-inputs to fp32. ``precision: auto`` follows the autocast instead.
+traiNNer-redux runs the generator and the losses inside ``torch.autocast`` when ``use_amp`` is on
+(fp16, or bf16 with ``amp_bf16``), so the output reaches the loss as fp16/bf16 and the target as
+fp32; it moves losses with ``.to(device, memory_format=channels_last)`` when ``use_channels_last``
+is also on. The AE still runs in fp32 (``precision: fp32``, the default: both inputs promoted, the
+value that of the fp32 computation), like traiNNer-redux's own loss, which casts its inputs to
+fp32. ``precision: auto`` follows the autocast instead.
+
+traiNNer-redux keys its losses by label (the lower-cased type), so a second ``AESOPRefLoss`` entry
+in one options file replaces the first; register the second under another name
+(``register(LOSS_REGISTRY, name="AESOPBottleneckLoss")``) and use that as its ``type``.
 
 To use an AE of this package with traiNNer-redux's own ``aesoploss`` (or to pretrain further with
 its AE model), write it in traiNNer-redux's layout:
 ``python -m aesop_loss.convert AE out.safetensors --to trainner``. ``AutoEncoder.from_pretrained``
-reads traiNNer-redux AE files back (an RRDB decoder; another decoder architecture is refused).
+reads traiNNer-redux AE files back: plain ones and the EMA wrapper its AE model saves
+(``net_ae_ema_latest``, whose EMA weights are read), with an RRDB or compact decoder; another
+decoder architecture is refused naming it.
 """
 
 from __future__ import annotations
