@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import io
-import os
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -161,33 +160,52 @@ def test_bad_files_are_skipped_with_one_warning_each(tmp_path):
     assert len(ds) == 1
 
 
-@pytest.mark.parametrize("ram_budget_bytes", [8 << 30, 0], ids=["ram", "disk-cache"])
-def test_truncated_image_is_skipped_at_the_start_with_a_summary(tmp_path, caplog, ram_budget_bytes):
-    import logging
-
+@pytest.mark.parametrize("disk_cache_bytes", [0, None], ids=["ram", "disk-cache"])
+def test_truncated_image_is_skipped_when_reached_and_other_samples_stay(tmp_path, disk_cache_bytes):
     data = (IMAGES / "gravel.png").read_bytes()
-    (tmp_path / "a.png").write_bytes(data[: len(data) // 3])  # the header is fine, the pixels are not
-    (tmp_path / "b.png").write_bytes((IMAGES / "grass.png").read_bytes())
-    caplog.set_level(logging.INFO, logger="aesop_loss")
-    with pytest.warns(UserWarning, match=r"a\.png: cannot be decoded \(image file is truncated"):
-        ds = CropDataset(
-            ImageSet(list_images(tmp_path)), crop=32, scale=4, seed=0, cache_dir=tmp_path / "cache",
-            ram_budget_bytes=ram_budget_bytes,
-        )  # fmt: skip
-    assert ds.hr == [tmp_path / "b.png"]
-    assert "1 images usable, 1 skipped" in caplog.text
-    assert all(ds[g][0].shape == (1, 3, 32, 32) for g in range(3))
+    good = tmp_path / "good"
+    good.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        (good / name).write_bytes((IMAGES / "grass.png").read_bytes() if name != "a.png" else data)
+    (good / "c.png").write_bytes((IMAGES / "brick.png").read_bytes())
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        (bad / name).write_bytes((good / name).read_bytes())
+    (bad / "a.png").write_bytes(data[: len(data) // 3])  # the header is fine, the pixels are not
+
+    def dataset(folder):
+        cache = tmp_path / f"cache-{folder.name}"
+        images = ImageSet(list_images(folder))
+        return CropDataset(
+            images, crop=32, scale=4, seed=0, cache_dir=cache, disk_cache_bytes=disk_cache_bytes
+        )
+
+    reference = dataset(good)
+    ds = dataset(bad)  # start-up reads headers only: the damage is not seen yet
+    assert ds.hr == [bad / "a.png", bad / "b.png", bad / "c.png"]
+    with pytest.warns(UserWarning, match=r"a\.png: cannot be decoded \(image file is truncated") as seen:
+        samples = [ds[g] for g in range(9)]
+    assert len(seen) == 1  # once per process, not once per sample
+    for g, (hr, _) in enumerate(samples):
+        if ds.image_index(g) != 0:  # samples of the other images are what they would have been
+            assert torch.equal(hr, reference[g][0])
+        else:  # the bad image's samples read the next image in the list, with their own crop
+            assert hr.shape == (1, 3, 32, 32)
+    if disk_cache_bytes is None:  # the broken file never reaches the cache
+        assert len(list((tmp_path / "cache-bad").glob("*.safetensors"))) == 2
 
 
 def test_only_truncated_images_is_one_error(tmp_path):
     data = (IMAGES / "gravel.png").read_bytes()
     for name in ("a.png", "b.png"):
         (tmp_path / name).write_bytes(data[: len(data) // 2])
+    ds = CropDataset(ImageSet(list_images(tmp_path)), crop=32, scale=4, seed=0)
     with (
         pytest.warns(UserWarning, match="cannot be decoded"),
-        pytest.raises(DataError, match="no usable images"),
+        pytest.raises(DataError, match=r"none of the 2 images could be decoded"),
     ):
-        CropDataset(ImageSet(list_images(tmp_path)), crop=32, scale=4, seed=0)
+        ds[0]
 
 
 def test_decompression_bomb_is_skipped_not_fatal(tmp_path, monkeypatch):
@@ -236,11 +254,78 @@ def test_float_and_16_bit_images_keep_their_values(tmp_path, mode, values, expec
 
 def test_decoded_disk_cache(tmp_path):
     images = ImageSet(list_images(IMAGES)[:2])
-    ds = CropDataset(images, crop=32, scale=4, seed=0, cache_dir=tmp_path, ram_budget_bytes=0)
-    assert len(list(tmp_path.glob("*.safetensors"))) == 2  # decoded (and checked) once, up front
+    ds = CropDataset(images, crop=32, scale=4, seed=0, cache_dir=tmp_path, ram_cache_bytes=0)
+    assert list(tmp_path.glob("*.safetensors")) == []  # nothing decoded at start-up
     first = ds[0]
-    again = CropDataset(images, crop=32, scale=4, seed=0, cache_dir=tmp_path, ram_budget_bytes=0)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1  # the image that sample read
+    again = CropDataset(images, crop=32, scale=4, seed=0, cache_dir=tmp_path, ram_cache_bytes=0)
     assert torch.equal(again[0][0], first[0])
+
+
+def _folder_of_pngs(folder, n: int, size: tuple[int, int] = (64, 48)):
+    folder.mkdir()
+    for i in range(n):
+        Image.new("RGB", size, (i % 256, (7 * i) % 256, 50)).save(folder / f"{i:05d}.png")
+    return ImageSet(list_images(folder))
+
+
+def test_start_up_reads_headers_only_and_each_sample_decodes_one_image(tmp_path, monkeypatch):
+    images = _folder_of_pngs(tmp_path / "data", 300)
+    decoded = []
+    real = data_mod.load_image
+    monkeypatch.setattr(data_mod, "load_image", lambda p: decoded.append(p) or real(p))
+    ds = CropDataset(images, crop=32, scale=4, seed=0, crops_per_image=4)
+    assert decoded == []  # start-up reads headers, not pixels
+    assert len(ds) == 300
+    hr, _ = ds[5]
+    assert hr.shape == (4, 3, 32, 32)  # several crops per decode
+    assert decoded == [ds.hr[ds.image_index(5)]]
+    assert torch.equal(ds[5][0], hr)
+    assert len(decoded) == 1  # the second read came from the RAM cache
+
+
+def test_ram_cache_is_bounded_and_shared_by_the_workers(tmp_path, monkeypatch):
+    images = _folder_of_pngs(tmp_path / "data", 20)  # 64x48: 9,216 bytes decoded each
+    ds = CropDataset(images, crop=32, scale=4, seed=0, ram_cache_bytes=3 * 9216)
+    for g in range(20):
+        ds[g]
+        assert ds._ram is not None
+        assert ds._ram.used <= 3 * 9216
+    assert len(ds._ram.items) == 3
+    monkeypatch.setattr(data_mod, "get_worker_info", lambda: type("Info", (), {"num_workers": 3})())
+    worker = CropDataset(images, crop=32, scale=4, seed=0, ram_cache_bytes=3 * 9216)
+    worker[0]
+    assert worker._ram is not None
+    assert worker._ram.budget == 9216  # a third of the process's budget in each of 3 workers
+
+
+def test_disk_cache_is_capped_used_unasked_only_for_small_sets_and_pruned(tmp_path, monkeypatch):
+    images = _folder_of_pngs(tmp_path / "data", 10)  # 9,216 bytes each decoded
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    stale = cache / ("0" * 16 + ".safetensors")
+    stale.write_bytes(b"a cache entry of another set")
+    users = cache / "notes.txt"
+    users.write_text("not ours")
+    ds = CropDataset(images, crop=32, scale=4, seed=0, cache_dir=cache, ram_cache_bytes=0,
+                     disk_cache_bytes=4 * 9216)  # fmt: skip
+    assert not stale.exists()  # an entry of this cache that the set does not use
+    assert users.read_text() == "not ours"  # any other file is left alone
+    for g in range(40):
+        ds[g]
+    entries = list(cache.glob("*.safetensors"))
+    assert len(entries) == 4  # the cap: the first four images of the list
+    assert sum(e.stat().st_size for e in entries) <= 4 * 9216 + 4 * 256  # pixels plus headers
+    off = CropDataset(images, crop=32, scale=4, seed=0, cache_dir=tmp_path / "off", disk_cache_bytes=0)
+    off[0]
+    assert not (tmp_path / "off").exists()
+    auto = CropDataset(images, crop=32, scale=4, seed=0, cache_dir=tmp_path / "auto")  # 92 kB: fits
+    auto[0]
+    assert len(list((tmp_path / "auto").glob("*.safetensors"))) == 1
+    monkeypatch.setattr(data_mod, "DISK_CACHE_AUTO_BYTES", 9216)  # the set is now over the automatic cap
+    big = CropDataset(images, crop=32, scale=4, seed=0, cache_dir=tmp_path / "big")
+    big[0]
+    assert not (tmp_path / "big").exists()  # not cached unasked
 
 
 @pytest.mark.parametrize(
@@ -421,27 +506,11 @@ def test_a_replaced_image_is_decoded_again_not_served_from_the_cache(tmp_path):
     Image.new("RGB", (40, 40), (10, 10, 10)).save(folder / "a.png")
     images = ImageSet(list_images(folder))
     cache = tmp_path / "cache"
-    first = CropDataset(images, crop=32, scale=4, seed=0, cache_dir=cache, ram_budget_bytes=0)
+    first = CropDataset(images, crop=32, scale=4, seed=0, cache_dir=cache, ram_cache_bytes=0)
     assert int(first[0][0].max()) == 10
     Image.new("RGB", (40, 40), (200, 200, 200)).save(folder / "a.png")  # same name, new pixels
-    again = CropDataset(images, crop=32, scale=4, seed=0, cache_dir=cache, ram_budget_bytes=0)
+    again = CropDataset(images, crop=32, scale=4, seed=0, cache_dir=cache, ram_cache_bytes=0)
     assert int(again[0][0].min()) == 200
-
-
-def test_decoding_threads_are_bounded_by_the_memory_budget(tmp_path, monkeypatch):
-    seen = []
-    real = CropDataset._decode_all
-
-    def spy(self, pairs, threads):  # type: ignore[no-untyped-def]
-        seen.append(threads)
-        return real(self, pairs, threads)
-
-    monkeypatch.setattr(CropDataset, "_decode_all", spy)
-    images = ImageSet(list_images(IMAGES)[:3])
-    CropDataset(images, crop=32, scale=4, seed=0, cache_dir=tmp_path, ram_budget_bytes=1)  # tiny budget
-    CropDataset(images, crop=32, scale=4, seed=0, cache_dir=tmp_path, ram_budget_bytes=8 << 30)
-    assert seen[0] == 1  # one image at a time when big images do not fit side by side
-    assert seen[1] > 1 or (os.cpu_count() or 1) == 1
 
 
 def test_a_big_16_bit_image_decodes_without_a_blow_up(tmp_path):

@@ -200,11 +200,11 @@ def test_convert_removes_its_staging_folder_on_failure(user_folder, tmp_path, mo
         monkeypatch.setattr(AutoEncoder, "from_pretrained", classmethod(tampered))
     else:
 
-        def full_disk(tensors: object, filename: str, metadata: object = None) -> None:
+        def full_disk(tensors: object, filename: object, metadata: object = None) -> None:
             Path(filename).write_bytes(b"partial")
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr(hub, "save_file", full_disk)
+        monkeypatch.setattr(hub, "save_safetensors", full_disk)
     out = tmp_path / "out"
     code = run_cli(convert_main, [str(user_folder / "ae.pth"), str(out)])
     assert code == (2 if failure == "mismatch" else 1)
@@ -731,7 +731,7 @@ def test_saving_another_model_into_a_model_folder_survives_a_kill(tmp_path, monk
         return real_write(path, text)
 
     if killed == "before-weights":
-        monkeypatch.setattr(hub, "save_file", die)
+        monkeypatch.setattr(hub, "save_safetensors", die)
     else:
         monkeypatch.setattr(hub, "atomic_write_text", write_then_die)
     with pytest.raises(KeyboardInterrupt):

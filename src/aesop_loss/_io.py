@@ -8,16 +8,29 @@ full disk as a ``RuntimeError`` or ``SafetensorError`` rather than ``OSError(ENO
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
+import json
 import os
 import re
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-__all__ = ["WriteError", "atomic_path", "atomic_write_text", "remove_stale_temps", "sha256_file"]
+import torch
+
+__all__ = [
+    "WriteError",
+    "atomic_path",
+    "atomic_write_text",
+    "remove_stale_temps",
+    "save_safetensors",
+    "sha256_file",
+    "tensor_bytes",
+]
 
 _TMP_SUFFIX = ".tmp"
 # What writers say when the storage refused bytes (safetensors: "I/O error: ... (os error 28)";
@@ -132,3 +145,83 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# safetensors' names for the dtypes this package writes
+_SAFETENSORS_NAMES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}  # fmt: skip
+
+
+def save_safetensors(
+    tensors: Mapping[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    *,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Write ``tensors`` to ``path`` in the safetensors format, without NumPy.
+
+    ``safetensors.torch.save_file`` converts every tensor through NumPy, which a plain install of
+    this package does not have; this writes the same format (an 8-byte header length, a JSON
+    header, the raw little-endian bytes) straight from the tensors' memory, one tensor at a time.
+    ``safetensors.torch.load_file`` reads it back. Write through ``atomic_path`` for atomicity.
+
+    Args:
+        tensors: Names and tensors (any device; copied to the CPU one at a time).
+        path: The file to write.
+        metadata: String entries for the header's ``__metadata__``.
+
+    Raises:
+        ValueError: A tensor's dtype has no safetensors name, or this machine is big-endian.
+
+    Examples:
+        >>> import tempfile
+        >>> from safetensors.torch import load_file
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     weights = {"w": torch.arange(3.0), "b": torch.ones(2, dtype=torch.bfloat16)}
+        ...     save_safetensors(weights, f"{d}/m.st")
+        ...     back = load_file(f"{d}/m.st")
+        >>> back["w"].tolist(), back["b"].dtype
+        ([0.0, 1.0, 2.0], torch.bfloat16)
+    """
+    if sys.byteorder != "little":
+        raise ValueError("save_safetensors writes little-endian bytes; this machine is big-endian.")
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    names = sorted(tensors)
+    for name in names:
+        t = tensors[name]
+        if t.dtype not in _SAFETENSORS_NAMES:
+            raise ValueError(f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store.")
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _SAFETENSORS_NAMES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + size]}  # fmt: skip
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as fh:
+        fh.write(len(text).to_bytes(8, "little"))
+        fh.write(text)
+        for name in names:
+            fh.write(tensor_bytes(tensors[name].detach().to("cpu").contiguous()))
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The raw bytes of a contiguous CPU tensor, without a copy and without NumPy.
+
+    Examples:
+        >>> bytes(tensor_bytes(torch.tensor([1, 2, 255], dtype=torch.uint8)))
+        b'\\x01\\x02\\xff'
+    """
+    if t.device.type != "cpu" or not t.is_contiguous():
+        raise ValueError("tensor_bytes needs a contiguous CPU tensor.")
+    size = t.numel() * t.element_size()
+    if size == 0:
+        return memoryview(b"")
+    buffer = (ctypes.c_char * size).from_address(t.data_ptr())
+    buffer._tensor = t  # type: ignore[attr-defined]  # the view keeps the tensor's memory alive
+    return memoryview(buffer).cast("B")

@@ -40,9 +40,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ._io import atomic_path, atomic_write_text, sha256_file
+from ._io import atomic_path, atomic_write_text, save_safetensors, sha256_file
 from .archs import AutoEncoder
 from .checkpoints import canonicalize_autoencoder, trainner_autoencoder_state_dict
 from .cli import CLIError, run_cli
@@ -269,7 +269,7 @@ def to_trainner(src: str | os.PathLike[str], out_file: str | Path, *, overwrite:
         raise CLIError(f"OUT {out_file} is the source; name a new file.")
     tensors = trainner_autoencoder_state_dict(source.state_dict(), source.config)
     with atomic_path(out_file) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", **_TRAINNER_MARK})
+        save_safetensors(tensors, tmp, metadata={"format": "pt", **_TRAINNER_MARK})
         back, config = canonicalize_autoencoder(load_file(str(tmp)), source=str(out_file))
         expected = source.state_dict()
         if (

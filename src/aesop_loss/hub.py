@@ -30,9 +30,8 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from safetensors.torch import save_file
 
-from ._io import atomic_path, atomic_write_text
+from ._io import atomic_path, atomic_write_text, save_safetensors
 from ._version import __version__
 from .checkpoints import (
     CheckpointError,
@@ -218,7 +217,7 @@ def save_model(model: nn.Module, save_directory: str | os.PathLike[str], **card:
         # that the folder loads consistently (settings from the weights) after a kill at any point
         atomic_write_text(old, json.dumps({"architecture": type(model).__name__}) + "\n")
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        save_safetensors(tensors, tmp, metadata={"format": "pt"})
     atomic_write_text(folder / CONFIG_NAME, config)
     atomic_write_text(folder / CARD_NAME, _render_card(model, info))
     return folder

@@ -121,6 +121,15 @@ class PretrainConfig:
     )
     crop: int = _opt(256, "HR crop size", 0, resume=True, low=1, high=8192)
     workers: int = _opt(_default_workers, "DataLoader workers", 0, low=0, high=256)
+    ram_cache_mb: int | None = _opt(
+        None, "decoded images kept in RAM per process, in MiB, shared by its workers (default: an eighth "
+        "of the free memory, at most 2048; 0: decode every read)", 0, low=0, high=1 << 24,
+    )  # fmt: skip
+    disk_cache_mb: int | None = _opt(
+        None, "cap in MiB of the on-disk cache of decoded images (in --data-dir or --out, .decoded/), shared "
+        "by workers, processes and later runs (default: used only when the whole set fits 200 MiB "
+        "decoded; 0: off)", 0, low=0, high=1 << 24,
+    )  # fmt: skip
     crops_per_image: int = _opt(4, "crops taken per image read", 0, resume=True, low=1, high=1024)
     color_jitter: float = _opt(
         0.0, "random per-channel gain 1 +- this per crop (colour augmentation for small sets; default off)",

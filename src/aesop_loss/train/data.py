@@ -5,8 +5,9 @@
   downloaded from their official source with a progress bar, resumed after an interruption,
   verified (archive integrity, image count) and extracted once. ``AESOP_DATA_MIRROR`` replaces the
   official base URLs (a local mirror, or a test server).
-- ``CropDataset`` decodes each image once (into RAM when the decoded set fits, otherwise into an
-  on-disk cache of raw pixels), takes several random crops per read, applies flips and 90-degree
+- ``CropDataset`` reads only image headers at start-up and decodes an image when a sample needs it
+  (in the DataLoader workers), keeping decoded images in a bounded RAM cache and optionally a
+  capped on-disk cache; it takes several random crops per read, applies flips and 90-degree
   rotations (and optionally per-channel colour gains) to HR and LR alike, and computes the LR crop
   with MATLAB-exact bicubic when no LR images were given. Randomness is a function of (seed, sample
   number), so a resumed run sees exactly the data it would have seen, with any number of workers or
@@ -19,28 +20,31 @@ import dataclasses
 import hashlib
 import logging
 import os
+import re
 import tarfile
 import urllib.error
 import urllib.request
 import warnings
 import zipfile
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 from tqdm.auto import tqdm
 
-from .._io import atomic_path
+from .._io import atomic_path, save_safetensors
 from ..resize import make_lr
 from .budget import available_bytes
 
 __all__ = [
     "DATASETS",
+    "DISK_CACHE_AUTO_BYTES",
     "CropDataset",
     "DataError",
     "ImageSet",
@@ -52,6 +56,7 @@ __all__ = [
     "load_image",
     "prepare_data",
     "prepare_validation",
+    "ram_cache_default",
 ]
 
 logger = logging.getLogger(__name__)
@@ -354,35 +359,81 @@ def prepare_validation(
 # What decoding an unreadable image raises (truncated, corrupt, a decompression bomb, unknown format).
 _DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
 
+DISK_CACHE_AUTO_BYTES = 200 << 20
+"""The on-disk cache is used without being asked when the set's decoded pixels fit this (200 MiB)."""
+_HEADER_THREADS = 16  # header reads wait on the disk more than on the CPU
+_HEADER_PROGRESS = 1_000  # files from which reading the headers shows a progress bar
+_CACHE_NAME = re.compile(r"[0-9a-f]{16}\.safetensors")  # what this package writes in a cache folder
 
-_DECODE_PEAK = 12  # bytes per pixel while an image decodes: the file's pixels, Pillow's RGB, the tensor
 
-
-def _ram_budget() -> int:
-    """A quarter of the memory free now, at most 8 GiB; 2 GiB when that is unknown."""
+def ram_cache_default() -> int:
+    """Default in-RAM cache of decoded images per process: an eighth of the free memory, at most 2 GiB."""
     free = available_bytes(torch.device("cpu"))
-    return min(8 << 30, free // 4) if free else 2 << 30
+    return min(2 << 30, free // 8) if free else 512 << 20
 
 
 def _skip(path: Path, why: str) -> None:
     warnings.warn(f"skipping {path}: {why}.", stacklevel=4)
 
 
-def _readable(files: Sequence[Path], crop: int) -> dict[int, tuple[int, int]]:
-    """``{index: (width, height)}`` of files whose header opens and whose sides reach ``crop``."""
+def _header(path: Path) -> tuple[int, int] | BaseException:
+    try:
+        with Image.open(path) as img:  # reads the header only
+            return img.size
+    except _DECODE_ERRORS as exc:
+        return exc
+
+
+def _read_headers(files: Sequence[Path], crop: int, what: str) -> dict[int, tuple[int, int]]:
+    """``{index: (width, height)}`` of files whose header opens and whose sides reach ``crop``.
+
+    Headers are read in parallel, with a progress bar on large folders; no pixel is decoded.
+    """
+    threads = min(_HEADER_THREADS, max(1, len(files)))
+    with ThreadPoolExecutor(threads) as pool:
+        sizes = list(
+            tqdm(
+                pool.map(_header, files),
+                total=len(files),
+                desc=f"reading {what} headers",
+                unit="file",
+                leave=False,
+                disable=len(files) < _HEADER_PROGRESS,
+            )
+        )
     keep: dict[int, tuple[int, int]] = {}
-    for i, path in enumerate(files):
-        try:
-            with Image.open(path) as img:
-                w, h = img.size
-        except _DECODE_ERRORS as exc:
-            _skip(path, f"not a readable image ({exc.__class__.__name__})")
-            continue
-        if min(w, h) < crop:
-            _skip(path, f"{w}x{h} is smaller than the {crop}px crop")
-            continue
-        keep[i] = (w, h)
+    for i, (path, size) in enumerate(zip(files, sizes, strict=True)):
+        if isinstance(size, BaseException):
+            _skip(path, f"not a readable image ({size.__class__.__name__})")
+        elif min(size) < crop:
+            _skip(path, f"{size[0]}x{size[1]} is smaller than the {crop}px crop")
+        else:
+            keep[i] = size
     return keep
+
+
+class _LRUBytes:
+    """Decoded images by path, least recently used dropped first, holding at most ``budget`` bytes."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.used = budget, 0
+        self.items: OrderedDict[Path, Tensor] = OrderedDict()
+
+    def get(self, key: Path) -> Tensor | None:
+        value = self.items.get(key)
+        if value is not None:
+            self.items.move_to_end(key)
+        return value
+
+    def put(self, key: Path, value: Tensor) -> None:
+        size = value.numel() * value.element_size()
+        if size > self.budget or key in self.items:
+            return
+        while self.used + size > self.budget:
+            _, dropped = self.items.popitem(last=False)
+            self.used -= dropped.numel() * dropped.element_size()
+        self.items[key] = value
+        self.used += size
 
 
 class CropDataset(Dataset[tuple[Tensor, Tensor]]):
@@ -391,6 +442,14 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
     Item ``g`` is the ``g``-th sample of an endless stream: the image is chosen by a per-epoch
     permutation, the crop and augmentation by a generator seeded with ``(seed, g)``. Each item
     holds ``crops_per_image`` crops of one decoded image.
+
+    Start-up reads only the image headers (sizes; in parallel, with a progress bar on large
+    folders); pixels are decoded when a sample needs them, in the DataLoader worker that makes it.
+    Decoded images are kept in a bounded in-RAM cache per process (least recently used dropped
+    first; the budget is shared by the DataLoader workers) and, optionally, in an on-disk cache of
+    raw pixels with a size cap, shared by workers, processes and later runs. An image that fails
+    to decode when a sample reaches it is skipped with a warning: that sample reads the next image
+    in the list, so every other sample is unchanged and a resumed run sees the same data.
 
     Args:
         images: HR files, with optional paired LR files.
@@ -403,10 +462,12 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
             ``[1 - color_jitter, 1 + color_jitter]`` (HR and LR alike; the bicubic LR of a scaled
             crop is the scaled LR). Colour augmentation for small training sets, where an AE
             otherwise memorises the photos' colours instead of reading them from its input.
-        cache_dir: Where decoded pixels are kept when they do not fit in RAM.
-        ram_budget_bytes: Decode everything into RAM up front when it fits in this budget
-            (default: a quarter of the memory free now, at most 8 GiB). Images are decoded a few
-            at a time, as many as fit in this budget at the peak their decoding takes.
+        cache_dir: Folder of the on-disk cache (``None``: no disk cache).
+        ram_cache_bytes: In-RAM cache budget of one process, split evenly between its DataLoader
+            workers (default ``ram_cache_default()``: an eighth of the free memory, at most 2 GiB).
+        disk_cache_bytes: Size cap of the on-disk cache. ``None`` (default): used only when the
+            whole set's decoded pixels fit ``DISK_CACHE_AUTO_BYTES`` (200 MiB); ``0``: off; a
+            number: the images (in list order) whose pixels fit it are cached, the rest are not.
 
     Examples:
         >>> import tempfile
@@ -430,20 +491,18 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
         augment: bool = True,
         color_jitter: float = 0.0,
         cache_dir: str | os.PathLike[str] | None = None,
-        ram_budget_bytes: int | None = None,
+        ram_cache_bytes: int | None = None,
+        disk_cache_bytes: int | None = None,
     ) -> None:
         if crop % scale:
             raise DataError(f"--crop {crop} is not a multiple of --scale {scale}.")
         self.crop, self.scale, self.seed = crop, scale, seed
         self.crops_per_image, self.augment = crops_per_image, augment
         self.color_jitter = color_jitter
-        self.cache_dir = Path(cache_dir) if cache_dir else None
-        self._ram: dict[Path, Tensor] = {}
-        self._bad: set[int] = set()
-        sizes = _readable(images.hr, crop)
+        sizes = _read_headers(images.hr, crop, "image")
         keep = list(sizes)
         if images.lr is not None:
-            lr_sizes = _readable([images.lr[i] for i in keep], crop // scale)
+            lr_sizes = _read_headers([images.lr[i] for i in keep], crop // scale, "LR image")
             paired = []
             for j, i in enumerate(keep):
                 w, h = sizes[i]
@@ -453,17 +512,6 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
                 elif j in lr_sizes:
                     paired.append(i)
             keep = paired
-        # Decode every image once now: failures are found (and skipped) before training starts,
-        # and the pixels go to RAM when they fit, otherwise to the on-disk cache.
-        budget = _ram_budget() if ram_budget_bytes is None else ram_budget_bytes
-        self._in_ram = sum(3 * sizes[i][0] * sizes[i][1] for i in keep) <= budget
-        # decoding peaks at a few bytes per pixel beyond the result: as many threads as that fits
-        peak = max((_DECODE_PEAK * sizes[i][0] * sizes[i][1] for i in keep), default=1)
-        threads = max(1, min(8, os.cpu_count() or 1, budget // peak))
-        pairs = [(images.hr[i], images.lr[i] if images.lr else None) for i in keep]
-        decoded = self._decode_all(pairs, threads)
-        keep = [i for i, ok in zip(keep, decoded, strict=True) if ok]
-        skipped = len(images.hr) - len(keep)
         if not keep:
             raise DataError(
                 f"{images.name}: no usable images: all {len(images.hr)} were unreadable, smaller than "
@@ -471,61 +519,88 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
             )
         self.hr = [images.hr[i] for i in keep]
         self.lr = [images.lr[i] for i in keep] if images.lr is not None else None
+        lr_share = 1 + 1 / scale**2 if images.lr is not None else 1.0
+        self.image_bytes = [int(3 * sizes[i][0] * sizes[i][1] * lr_share) for i in keep]
+        self.ram_cache_bytes = ram_cache_default() if ram_cache_bytes is None else ram_cache_bytes
+        self._ram: _LRUBytes | None = None  # made in the process (worker) that reads
+        self._bad: set[int] = set()
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self._on_disk = self._disk_cache_plan(disk_cache_bytes)
+        skipped = len(images.hr) - len(keep)
+        total = sum(self.image_bytes)
         logger.info(
-            "%d images usable%s; %s",
+            "%d images usable%s (%.1f GB decoded); decoded when sampled, %d MiB RAM cache%s",
             len(self.hr),
             f", {skipped} skipped (see the warnings)" if skipped else "",
-            "decoded in RAM" if self._in_ram else f"decoded cache in {self.cache_dir}",
+            total / 1e9,
+            self.ram_cache_bytes >> 20,
+            f", {len(self._on_disk)} images cached in {self.cache_dir}" if self._on_disk else "",
         )
 
-    def _decode_all(self, pairs: list[tuple[Path, Path | None]], threads: int) -> list[bool]:
-        def decode(pair: tuple[Path, Path | None]) -> BaseException | None:
-            try:
-                for path in pair:
-                    if path is not None:
-                        pixels = self._pixels(path)
-                        if self._in_ram:
-                            self._ram[path] = pixels
-            except _DECODE_ERRORS as exc:
-                return exc
-            return None
+    def _disk_cache_plan(self, cap: int | None) -> set[Path]:
+        """The files the on-disk cache holds: those (in list order) that fit the cap. Entries of this
+        cache folder that are not in the plan (other sets, replaced files) are removed."""
+        if self.cache_dir is None or cap == 0:
+            return set()
+        if cap is None:
+            if sum(self.image_bytes) > DISK_CACHE_AUTO_BYTES:
+                return set()
+            cap = DISK_CACHE_AUTO_BYTES
+        planned, used = set(), 0
+        for i, size in enumerate(self.image_bytes):
+            if used + size <= cap:
+                planned.add(self.hr[i])
+                if self.lr is not None:
+                    planned.add(self.lr[i])
+                used += size
+        keys = {self._cache_file(p).name for p in planned if p.exists()}
+        if self.cache_dir.is_dir():
+            for entry in self.cache_dir.iterdir():
+                if _CACHE_NAME.fullmatch(entry.name) and entry.name not in keys and entry.is_file():
+                    entry.unlink(missing_ok=True)
+        return planned
 
-        with ThreadPoolExecutor(threads) as pool:
-            results = list(
-                tqdm(
-                    pool.map(decode, pairs),
-                    total=len(pairs),
-                    desc="decoding images",
-                    leave=False,
-                    disable=len(pairs) < 50,
-                )
-            )
-        for (hr, _), exc in zip(pairs, results, strict=True):
-            if exc is not None:
-                detail = str(exc).splitlines()[0][:160] if str(exc) else exc.__class__.__name__
-                _skip(hr, f"cannot be decoded ({detail})")
-        return [exc is None for exc in results]
+    def _cache_file(self, path: Path) -> Path:
+        assert self.cache_dir is not None
+        stat = path.stat()  # a file replaced under the same name gets a new entry
+        key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+        return self.cache_dir / f"{key}.safetensors"
 
     def __len__(self) -> int:
         return len(self.hr)
 
+    def _ram_cache(self) -> _LRUBytes:
+        if self._ram is None:  # first read in this process: its share of the budget
+            info = get_worker_info()
+            self._ram = _LRUBytes(self.ram_cache_bytes // (info.num_workers if info else 1))
+        return self._ram
+
     def _pixels(self, path: Path) -> Tensor:
-        if path in self._ram:
-            return self._ram[path]
-        if self.cache_dir is None or self._in_ram:
-            return load_image(path)
-        stat = path.stat()  # a file replaced under the same name gets a new entry
-        key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-        cached = self.cache_dir / f"{key}.safetensors"
-        if cached.is_file():
+        ram = self._ram_cache()
+        pixels = ram.get(path)
+        if pixels is not None:
+            return pixels
+        cached = self._cache_file(path) if path in self._on_disk else None
+        if cached is not None and cached.is_file():
             try:
-                return load_file(cached)["pixels"]
+                pixels = load_file(cached)["pixels"]
             except Exception:  # a stale or broken cache entry: decode again
                 cached.unlink(missing_ok=True)
-        pixels = load_image(path)
-        with atomic_path(cached) as tmp:
-            save_file({"pixels": pixels}, str(tmp))
+        if pixels is None:
+            pixels = load_image(path)
+            if cached is not None:
+                self._write_cache(cached, pixels)
+        ram.put(path, pixels)
         return pixels
+
+    def _write_cache(self, cached: Path, pixels: Tensor) -> None:
+        """A failed cache write (disk full, read-only) turns this process's disk cache off, once."""
+        try:
+            with atomic_path(cached) as tmp:
+                save_safetensors({"pixels": pixels}, tmp)
+        except OSError as exc:
+            warnings.warn(f"the decoded-image cache is off for this run: {exc}.", stacklevel=4)
+            self._on_disk = set()
 
     def image_index(self, g: int) -> int:
         """The image that sample ``g`` reads: a fresh permutation of the images every epoch."""
@@ -537,18 +612,21 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
     def __getitem__(self, g: int) -> tuple[Tensor, Tensor]:
         index = self.image_index(g)
         for attempt in range(len(self.hr)):
-            i = (index + attempt) % len(self.hr)
+            i = (index + attempt) % len(self.hr)  # an unreadable image: the next one, in list order
             if i in self._bad:
                 continue
             try:
                 hr = self._pixels(self.hr[i])
                 lr = self._pixels(self.lr[i]) if self.lr is not None else None
-            except _DECODE_ERRORS as exc:  # a file changed or a cache entry vanished since the start
+            except _DECODE_ERRORS as exc:
                 self._bad.add(i)
-                warnings.warn(f"skipping {self.hr[i]}: cannot be decoded ({exc}).", stacklevel=2)
+                detail = str(exc).splitlines()[0][:160] if str(exc) else exc.__class__.__name__
+                warnings.warn(f"skipping {self.hr[i]}: cannot be decoded ({detail}).", stacklevel=2)
                 continue
             return self._crops(hr, lr, torch.Generator().manual_seed(self.seed * 7_919 + g))
-        raise DataError("no image could be decoded.")
+        raise DataError(
+            f"none of the {len(self.hr)} images could be decoded (see the warnings); check the data folder."
+        )
 
     def _crops(self, hr: Tensor, lr: Tensor | None, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         s, c = self.scale, self.crop

@@ -488,6 +488,8 @@ def _train(cfg: PretrainConfig, env: Distributed, folder: RunFolder, teacher: Au
             crops_per_image=cpi,
             color_jitter=cfg.color_jitter,
             cache_dir=Path(cfg.data_dir or out) / ".decoded",
+            ram_cache_bytes=None if cfg.ram_cache_mb is None else cfg.ram_cache_mb << 20,
+            disk_cache_bytes=None if cfg.disk_cache_mb is None else cfg.disk_cache_mb << 20,
         )
     except DataError as exc:
         raise CLIError(str(exc)) from exc

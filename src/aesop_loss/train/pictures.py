@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from .._io import atomic_path
+from .._io import atomic_path, tensor_bytes
 
 __all__ = ["save_labelled"]
 
@@ -32,10 +32,11 @@ def save_labelled(panels: dict[str, Tensor], path: str | os.PathLike[str]) -> No
     """
     images = [p if p.ndim == 4 else p[None] for p in panels.values()]
     row = torch.cat(images, dim=-1)[0].clamp(0, 1)
-    pixels = (row * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    width = images[0].shape[-1]
-    canvas = Image.new("RGB", (pixels.shape[1], pixels.shape[0] + _BAND), (24, 24, 24))
-    canvas.paste(Image.fromarray(pixels), (0, _BAND))
+    pixels = (row * 255).round().byte().permute(1, 2, 0).cpu().contiguous()  # (H, W, 3), no NumPy
+    height, width = pixels.shape[0], images[0].shape[-1]
+    canvas = Image.new("RGB", (pixels.shape[1], height + _BAND), (24, 24, 24))
+    strip = Image.frombytes("RGB", (pixels.shape[1], height), bytes(tensor_bytes(pixels)))
+    canvas.paste(strip, (0, _BAND))
     draw = ImageDraw.Draw(canvas)
     for i, label in enumerate(panels):
         draw.text((i * width + 4, 3), label, fill=(255, 255, 255))  # Pillow's built-in font
