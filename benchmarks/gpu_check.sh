@@ -16,5 +16,6 @@ python benchmarks/bench_memory.py --device cuda --batch 16 --crop 256 2>&1 | tee
 python benchmarks/bench_compact.py --device cuda 2>&1 | tee "$out/bench_compact.txt"
 python benchmarks/bench_pretrain.py --paper --device cuda --batch-size 16 --crop 256 --amp bf16 2>&1 \
   | tee "$out/bench_pretrain.txt"
+python benchmarks/bench_data.py --files 1000 --no-pretrain-check 2>&1 | tee "$out/bench_data.txt"
 { time python examples/quickstart.py --out "$out/quickstart.png"; } 2>&1 | tee "$out/quickstart.txt"
 { time python examples/train_esrgan.py --smoke --out "$out/esrgan"; } 2>&1 | tail -5 | tee "$out/esrgan.txt"

@@ -5,8 +5,9 @@
    low-frequency change that does not (a fidelity error). L1 penalises both alike; AESOP penalises
    the fidelity error and (almost) ignores the detail.
 2. A small SR net trained twice on the bundled photos, once with nn.L1Loss and once with AESOPLoss,
-   then PSNR, AE-PSNR and LR-PSNR on a held-out photo and a labelled side-by-side PNG
-   (LR bicubic | L1 | AESOP | HR), by default examples/output/quickstart.png (``--out`` to change).
+   then PSNR, AE-PSNR and LR-PSNR on 6 crops of a held-out photo, with their spread and the paired
+   difference's 95% interval (a difference whose interval holds 0 is a tie), and a labelled
+   side-by-side PNG (LR bicubic | L1 | AESOP | HR), by default examples/output/quickstart.png.
 
     python examples/quickstart.py            # about 1 min on an idle 2-core CPU (56 s measured)
     python examples/quickstart.py --smoke    # a few steps, for tests
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from tqdm.auto import tqdm
 
 from aesop_loss import AESOPLoss, AutoEncoder, RRDBNet
 from aesop_loss.diagnostics import low_frequency_change, null_space_detail
-from aesop_loss.metrics import ae_psnr, lr_psnr, psnr
+from aesop_loss.metrics import MeanInterval, ae_psnr, lr_psnr, psnr
 from aesop_loss.resize import imresize, make_lr
 from aesop_loss.train import CropDataset, ImageSet, collate_crops, list_images, load_image, save_labelled
 
@@ -82,6 +84,29 @@ def train(
     return net.eval()
 
 
+METRICS = ("PSNR-Y", "PSNR-RGB", "AE-PSNR", "LR-PSNR")
+
+
+@torch.no_grad()
+def evaluate(
+    net: nn.Module | None, held: Tensor, ae: AutoEncoder, size: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Each metric on 6 crops of ``size`` on a 3 x 2 grid over the held-out photo (``None``: bicubic)."""
+    h, w = held.shape[-2:]
+    scores: dict[str, list[float]] = {m: [] for m in METRICS}
+    for top in (0, h - size):
+        for left in (0, (w - size) // 2 // 4 * 4, w - size):
+            hr = held[None, :, top : top + size, left : left + size].to(device)
+            lr = make_lr(hr, 4)
+            up = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
+            sr = (up if net is None else net(lr)).clamp(0, 1)
+            scores["PSNR-Y"].append(float(psnr(sr, hr, crop_border=4)))
+            scores["PSNR-RGB"].append(float(psnr(sr, hr, crop_border=4, y_channel=False)))
+            scores["AE-PSNR"].append(float(ae_psnr(ae, sr, hr)))
+            scores["LR-PSNR"].append(float(lr_psnr(sr, hr, scale=4)))
+    return scores
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -113,19 +138,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"2) training a small RRDBNet x4 for {steps} steps with each loss ({device})")
     l1_net = train(nn.L1Loss(), batches, steps, device, seed=0, label="nn.L1Loss")
     aesop_net = train(AESOPLoss(ae).to(device), batches, steps, device, seed=0, label="AESOPLoss")  # the swap
+    nets = {"bicubic": None, "L1": l1_net, "AESOP": aesop_net}
 
-    held = load_image(HERE / "images" / HELD_OUT)[:, 40 : 40 + 2 * size, 100 : 100 + 2 * size]
-    hr = (held.float() / 255)[None].to(device)
-    lr = make_lr(hr, 4)
+    held = load_image(HERE / "images" / HELD_OUT).float() / 255
+    scores = {name: evaluate(net, held, ae, size, device) for name, net in nets.items()}
+    n = len(scores["bicubic"]["PSNR-Y"])
+    print(f"   held-out {HELD_OUT}: {n} crops of {size}^2, dB, mean +- sd over the crops")
+    print("   " + " " * 10 + "".join(f"{m:>16}" for m in METRICS))
+    for name, rows in scores.items():
+        cells = [f"{statistics.fmean(rows[m]):.2f} +- {statistics.stdev(rows[m]):.2f}" for m in METRICS]
+        print(f"   {name:<10}" + "".join(f"{c:>16}" for c in cells))
+    print("   AESOP - L1, paired over the crops (mean [95% interval]):")
+    for m in METRICS:
+        d = MeanInterval.of([a - b for a, b in zip(scores["AESOP"][m], scores["L1"][m], strict=True)])
+        print(f"     {m:<9}{d.mean:+6.2f} [{d.low:+.2f}, {d.high:+.2f}]  {'tie' if d.tie else 'differs'}")
+    print("   (one training seed per loss: these intervals hold crop-to-crop noise, not seed-to-seed noise,")
+    print("   which is larger; benchmarks/bench_guidance.py pairs several seeds and held-out photos)")
+
+    window = held[None, :, 40 : 40 + 2 * size, 100 : 100 + 2 * size].to(device)
+    lr = make_lr(window, 4)
     with torch.no_grad():
-        outs = {"L1": l1_net(lr).clamp(0, 1), "AESOP": aesop_net(lr).clamp(0, 1)}
+        outs = {"L1": nets["L1"](lr).clamp(0, 1), "AESOP": nets["AESOP"](lr).clamp(0, 1)}
     bicubic = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
-    print(f"   held-out {HELD_OUT}, dB:   {'PSNR-Y':>8}{'PSNR-RGB':>10}{'AE-PSNR':>10}{'LR-PSNR':>10}")
-    for name, sr in {"bicubic": bicubic, **outs}.items():
-        p = float(psnr(sr, hr, crop_border=4))
-        rgb = float(psnr(sr, hr, crop_border=4, y_channel=False))
-        a, lp = float(ae_psnr(ae, sr, hr)), float(lr_psnr(sr, hr, scale=4))
-        print(f"   {name:<25}{p:>8.2f}{rgb:>10.2f}{a:>10.2f}{lp:>10.2f}")
+    hr = window
     panels = {"LR, bicubic x4": bicubic, "trained with L1": outs["L1"], "trained with AESOP": outs["AESOP"],
               "HR (ground truth)": hr}  # fmt: skip
     save_labelled(panels, args.out)

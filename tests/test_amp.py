@@ -17,7 +17,7 @@ from torch import nn
 from aesop_loss import AESOPLoss, AutoEncoder
 from aesop_loss.integrations.trainner import AESOPRefLoss
 
-from conftest import AE_CKPT
+from conftest import AE_CKPT, TinySRNet
 
 PRECISIONS = ["fp32", "bf16", "fp16", "auto"]
 AMP_DTYPES = [torch.bfloat16, torch.float16]
@@ -30,21 +30,6 @@ OPTIONS: list[dict[str, Any]] = [
     {"space": "bottleneck"},
 ]
 OPTION_IDS = ["plain", "check_values", "channels_last", "memory_efficient", "compile", "bottleneck"]
-
-
-class Generator(nn.Module):
-    """An x4 SR net as small as can be: nearest upsampling, then a convolution (near identity) last,
-    as in any SR net, so that its output has autocast's dtype."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 3, 3, padding=1)
-        with torch.no_grad():
-            self.conv.weight.mul_(0.1)
-            self.conv.weight[:, :, 1, 1] += torch.eye(3)
-
-    def forward(self, lr: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(lr, scale_factor=4, mode="nearest"))
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +46,10 @@ def _pair(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _train_step(
     loss_fn: nn.Module, amp: torch.dtype, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Generator]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, TinySRNet]:
     """``with autocast: sr = net(lr); loss = criterion(sr, hr)``, then backward: (sr, hr, loss, net)."""
     torch.manual_seed(1)
-    net = Generator().to(device)
+    net = TinySRNet().to(device)
     hr, lr = _pair(device)
     with torch.autocast(device.type, dtype=amp):
         sr = net(lr)
@@ -162,7 +147,7 @@ def test_cuda_fp16_with_grad_scaler_and_bf16(ae, precision):
     loss_fn = AESOPLoss(ae, precision=precision).to(device)
     for amp in AMP_DTYPES:
         torch.manual_seed(1)
-        net = Generator().to(device)
+        net = TinySRNet().to(device)
         opt = torch.optim.SGD(net.parameters(), lr=1e-3)
         scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
         hr, lr = _pair(device)

@@ -71,3 +71,30 @@ def test_bench_compact_prints_cost_ratios_against_the_paper_ae(capsys, monkeypat
     )
     assert [r[0] for r in rows] == ["paper AE", "compact 32/16"]
     assert rows[0][2] == "1.000"  # the baseline's own ratio
+
+
+def test_bench_data_prints_startup_rates_and_peaks_per_worker_count(tmp_path):
+    out = _run("bench_data.py", "--files", "24", "--formats", "png", "jpeg", "--size", "96x64",
+               "--crop", "32", "--batch-size", "4", "--seconds", "0.3", "--step-ms", "50",
+               "--no-pretrain-check", "--work", str(tmp_path))  # fmt: skip
+    assert "a 50 ms step at batch 4 consumes 80 crops/s" in out
+    for folder in ("png_24_96x64", "jpeg_24_96x64"):
+        rows = re.findall(
+            rf"{folder}\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+(\d+)\s+(keeps up|data-bound)", out
+        )
+        assert [int(r[0]) for r in rows][:2] == [0, 2]
+        assert all(float(r[1]) > 0 and float(r[2]) > 0 and int(r[4]) > 0 for r in rows)
+        assert int(rows[1][5]) > 0  # the workers' peak is measured
+
+
+def test_bench_guidance_smoke_prints_spreads_and_paired_intervals():
+    out = _run("bench_guidance.py", "--smoke")
+    assert "2 folds x 1 seeds = 2 paired units" in out
+    for loss in ("L1", "AESOP demo", "AESOP demo-compact"):
+        assert re.search(rf"^{loss}(\s+\d+\.\d\d \+-\s+\d+\.\d\d){{3}}$", out, re.M), out
+    pairs = re.findall(
+        r"^(.+?)\s{2,}(psnr_y|lr_psnr|ae_psnr)\s+[+-][\d.]+ \[\s*[+-][\d.]+,\s+[+-][\d.]+\]  (.+)$", out, re.M
+    )
+    assert {p[0].strip() for p in pairs} == {"AESOP demo-compact - AESOP demo", "AESOP demo-compact - L1",
+                                            "AESOP demo - L1"}  # fmt: skip
+    assert all(p[2] == "tie" or p[2].endswith("higher") for p in pairs)

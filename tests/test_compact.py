@@ -116,6 +116,15 @@ def test_gradient_agreement_of_an_ae_with_itself_is_one_and_with_another_less():
         gradient_agreement(tiny_ae(scale=2), a, size=32)
 
 
+def test_diagnose_with_a_teacher_points_to_the_outcome_benchmark(capsys):
+    with pytest.warns(UserWarning, match="demo AE"):
+        code = run_cli(diagnose_main, ["demo", "--teacher", "demo", "--size", "32", "--tiles", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "gradient cosine" in out
+    assert "benchmarks/bench_guidance.py measures (--ae demo --ae demo)" in out
+
+
 def test_diagnose_with_a_teacher_reports_cosine_and_ratio(capsys):
     with pytest.warns(UserWarning, match="demo AE"):
         code = run_cli(diagnose_main, ["demo", "--teacher", "demo", "--size", "64", "--tiles", "1", "--json"])

@@ -133,14 +133,20 @@ def test_color_jitter_scales_hr_and_lr_channels_alike():
     assert torch.equal(CropDataset(images, crop=32, scale=4, seed=1, color_jitter=0.0)[3][0], plain[3][0])
 
 
+def _png(pixels: torch.Tensor, path) -> None:
+    """Save a (3, H, W) uint8 tensor as a PNG (without NumPy, which the package does not install)."""
+    hwc = pixels.permute(1, 2, 0).contiguous()
+    Image.frombytes("RGB", (hwc.shape[1], hwc.shape[0]), bytes(hwc.flatten().tolist())).save(path)
+
+
 def test_paired_lr_folder(tmp_path):
     hr_dir, lr_dir = tmp_path / "hr", tmp_path / "lr"
     hr_dir.mkdir()
     lr_dir.mkdir()
     img = load_image(IMAGES / "coffee.png")[:, :64, :64].contiguous()
-    Image.fromarray(img.permute(1, 2, 0).numpy()).save(hr_dir / "0001.png")
+    _png(img, hr_dir / "0001.png")
     lr = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8)  # paired LR is used as given
-    Image.fromarray(lr.permute(1, 2, 0).numpy()).save(lr_dir / "0001x4.png")
+    _png(lr, lr_dir / "0001x4.png")
     images = prepare_data(f"{hr_dir}:{lr_dir}", scale=4)
     assert images.lr == [lr_dir / "0001x4.png"]
     hr_c, lr_c = CropDataset(images, crop=64, scale=4, seed=0, augment=False)[0]

@@ -400,14 +400,14 @@ def test_hostile_config_fails_fast_before_allocating(tmp_path, key, value):
 )
 @pytest.mark.parametrize("container", ["folder", "pth"])
 def test_non_float_or_non_finite_weights_are_refused(tmp_path, dtype, poison, needle, container):
-    from safetensors.torch import save_file
+    from aesop_loss._io import save_safetensors
 
     sd = AutoEncoder(**TINY).state_dict()
     key = "decoder.conv_first.weight"
     sd[key] = sd[key].to(dtype) if poison is None else sd[key].clone().fill_(poison)
     if container == "folder":
         AutoEncoder(**TINY).save_pretrained(tmp_path)
-        save_file(sd, str(tmp_path / "model.safetensors"))
+        save_safetensors(sd, str(tmp_path / "model.safetensors"))
         src = tmp_path
     else:
         src = tmp_path / "ae.pth"

@@ -18,16 +18,16 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
 from aesop_loss import AESOPLoss, AutoEncoder, CheckpointError
+from aesop_loss._io import save_safetensors
 from aesop_loss.checkpoints import canonicalize_autoencoder, trainner_autoencoder_state_dict
 from aesop_loss.cli import run_cli
 from aesop_loss.convert import main as convert_main
 from aesop_loss.integrations import basicsr, neosr, trainner
 
-from conftest import tiny_ae
+from conftest import TinySRNet, tiny_ae
 
 WEIGHTS = [1.0, 0.5, -0.5]
 
@@ -125,22 +125,6 @@ def trainner_generator_loss(
     return total, logged, output
 
 
-class Generator(nn.Module):
-    """An x4 SR net as small as can be: nearest upsampling, then a near-identity convolution last (as in
-    any SR net, so that under autocast its output has autocast's dtype)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(5)
-        self.conv = nn.Conv2d(3, 3, 3, padding=1)
-        with torch.no_grad():
-            self.conv.weight.mul_(0.1)
-            self.conv.weight[:, :, 1, 1] += torch.eye(3)
-
-    def forward(self, lq: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(lq, scale_factor=4, mode="nearest"))
-
-
 @pytest.fixture(scope="module")
 def ae_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     folder = tmp_path_factory.mktemp("ae")
@@ -154,11 +138,12 @@ def ae_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture
-def batch() -> tuple[Generator, torch.Tensor, torch.Tensor]:
+def batch() -> tuple[TinySRNet, torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
     gt = torch.rand(2, 3, 32, 32, generator=gen)
     lq = F.interpolate(gt, scale_factor=0.25, mode="bicubic", antialias=True).clamp(0, 1)
-    return Generator(), gt, lq
+    torch.manual_seed(5)
+    return TinySRNet(), gt, lq
 
 
 def _reference(ae_dir: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -409,7 +394,7 @@ def _saved_as_trainner_does(net: nn.Module, path: Path) -> None:
     # traiNNer-redux copies each tensor to the CPU on save, so the aliased encoder keys are separate
     sd = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
     if path.suffix == ".safetensors":
-        save_file(sd, str(path))
+        save_safetensors(sd, str(path))
     else:
         torch.save(sd, path)
 
@@ -494,13 +479,13 @@ def test_trainner_ae_with_another_decoder_is_refused_naming_it(tmp_path):
     sd |= {"decoder.body.0.weight": torch.zeros(8, 3, 3, 3), "decoder.body.0.bias": torch.zeros(8),
            "decoder.body.2.weight": torch.zeros(8, 8, 3, 3)}  # fmt: skip  # compact with ReLU: no PReLU
     path = tmp_path / "relu_compact_ae.safetensors"
-    save_file({k: v.clone().contiguous() for k, v in sd.items()}, str(path))
+    save_safetensors({k: v.clone().contiguous() for k, v in sd.items()}, str(path))
     with pytest.raises(CheckpointError, match=r"decoder is SRVGGNetCompact without PReLU weights"):
         AutoEncoder.from_pretrained(path)
     for name, keys in _OTHER_DECODERS.items():
         sd = {k: v for k, v in sd.items() if not k.startswith("decoder.")}
         sd |= {f"decoder.{key}": torch.zeros(4, 4, 3, 3) for key in keys}
-        save_file({k: v.clone().contiguous() for k, v in sd.items()}, str(path))
+        save_safetensors({k: v.clone().contiguous() for k, v in sd.items()}, str(path))
         with pytest.raises(CheckpointError) as info:
             AutoEncoder.from_pretrained(path)
         assert str(info.value).splitlines() == [
@@ -538,7 +523,7 @@ def _saved_as_trainner_save_network_does(net: nn.Module, path: Path) -> None:
     sd = {k.removeprefix("module."): v.detach().to("cpu", memory_format=torch.contiguous_format).clone()
           for k, v in net.state_dict().items() if k != "n_averaged"}  # fmt: skip
     if path.suffix == ".safetensors":
-        save_file(sd, str(path))
+        save_safetensors(sd, str(path))
     else:
         torch.save(sd, path)
 
@@ -567,14 +552,14 @@ def test_trainner_ema_wrapper_is_read_strictly(tmp_path):
     wrapper = _EMA(_trainner_ae(2), _trainner_ae(2))
     sd = {k: v.detach().clone().contiguous() for k, v in wrapper.state_dict().items()}
     path = tmp_path / "net_ae_ema_latest.safetensors"
-    save_file({**sd, "extra.weight": torch.zeros(1)}, str(path))
+    save_safetensors({**sd, "extra.weight": torch.zeros(1)}, str(path))
     unexpected = r"EMA wrapper \(ema_model\.\*\) with unexpected entries extra\.weight"
     with pytest.raises(CheckpointError, match=unexpected):
         AutoEncoder.from_pretrained(path)
-    save_file({k: v for k, v in sd.items() if k != "online_model.decoder.model.0.bias"}, str(path))
+    save_safetensors({k: v for k, v in sd.items() if k != "online_model.decoder.model.0.bias"}, str(path))
     with pytest.raises(CheckpointError, match=r"online_model\.\* and ema_model\.\* name different tensors"):
         AutoEncoder.from_pretrained(path)
-    save_file({k: v for k, v in sd.items() if k != "ema_model.decoder.model.0.bias"
+    save_safetensors({k: v for k, v in sd.items() if k != "ema_model.decoder.model.0.bias"
                and k != "online_model.decoder.model.0.bias"}, str(path))  # fmt: skip
     with pytest.raises(CheckpointError, match=r"missing keys: decoder\.conv_first\.bias"):
         AutoEncoder.from_pretrained(path)
@@ -608,7 +593,7 @@ def test_convert_to_trainner_writes_once_verifies_and_prints_the_options(tmp_pat
     assert _convert(capsys, src, str(out), "--to", "trainner", "--overwrite")[0] == 0
     # a user's file of that name is never replaced, --overwrite or not
     users = tmp_path / "users.safetensors"
-    save_file({"w": torch.ones(1)}, str(users))
+    save_safetensors({"w": torch.ones(1)}, str(users))
     before = users.read_bytes()
     code, _, err = _convert(capsys, src, str(users), "--to", "trainner", "--overwrite")
     assert code == 2

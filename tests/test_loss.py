@@ -175,7 +175,7 @@ def _bad_inputs():
             torch.empty(1, 3, 16, 16, device="meta"),
             r"AE is on cpu.*criterion.to\('meta'\)",
         ),
-        ("not-tensor", x.numpy(), x, "must be a torch.Tensor"),
+        ("not-tensor", x.tolist(), x, "must be a torch.Tensor"),
     ]
 
 

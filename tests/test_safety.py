@@ -587,14 +587,13 @@ def test_a_config_nested_100k_deep_or_huge_is_one_error(tmp_path):
 
 
 def test_half_a_million_extra_tensors_are_refused_before_they_are_read(tmp_path, monkeypatch):
-    from safetensors.torch import save_file
-
     import aesop_loss.checkpoints as checkpoints
     from aesop_loss import CheckpointError
+    from aesop_loss._io import save_safetensors
 
     monkeypatch.setattr(checkpoints, "_MAX_TENSORS", 100)  # 20,000 in use; a small file shows the rule
     tensors = {f"junk.{i}": torch.zeros(1) for i in range(150)}
-    save_file(tensors, str(tmp_path / "many.safetensors"))
+    save_safetensors(tensors, str(tmp_path / "many.safetensors"))
     with pytest.raises(CheckpointError, match="holds 150 tensors, more than any supported network"):
         AutoEncoder.from_pretrained(tmp_path / "many.safetensors")
     torch.save(tensors, tmp_path / "many.pth")
@@ -602,7 +601,7 @@ def test_half_a_million_extra_tensors_are_refused_before_they_are_read(tmp_path,
         AutoEncoder.from_pretrained(tmp_path / "many.pth")
     folder = tmp_path / "folder"
     AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8).save_pretrained(folder)
-    save_file(tensors, str(folder / "model.safetensors"))
+    save_safetensors(tensors, str(folder / "model.safetensors"))
     with pytest.raises(CheckpointError, match="holds 150 tensors"):
         AutoEncoder.from_pretrained(folder)  # the header check of a model folder, too
 
@@ -752,3 +751,75 @@ def test_train_esrgan_never_appends_through_a_linked_log(tmp_path, capsys):
     assert run_cli(_esrgan_main(), ["--smoke", "--out", str(out), "--steps", "3", "--resume"]) == 2
     assert "metrics.jsonl is a symbolic link" in _one_error_line(capsys)
     assert users.read_text() == "mine\n"
+
+
+# --- a run always ends, and a plain install saves ------------------------------------------------------
+
+
+_FAILING_RUN = """
+import sys
+from aesop_loss.train import loop
+
+real = loop.PretrainRun.train_step
+
+
+def failing(self, hr, lr):
+    if self.step >= 1:  # after the workers started and a step ran
+        raise RuntimeError("injected failure in the training step")
+    return real(self, hr, lr)
+
+
+loop.PretrainRun.train_step = failing
+from aesop_loss.pretrain import console_main
+
+sys.argv = ["pretrain", *sys.argv[1:]]
+sys.exit(console_main())
+"""
+
+
+@pytest.mark.parametrize("workers", ["2", "0"])
+def test_an_unexpected_error_with_workers_ends_the_run_in_one_line(tmp_path, workers):
+    # the workers ignore SIGTERM, so Python's exit-time clean-up used to wait for them forever
+    args = _pretrain_args(tmp_path / "run", "--workers", workers, "--steps", "5", "--save-every", "5")
+    proc = subprocess.run(
+        [sys.executable, "-c", _FAILING_RUN, *args], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: unexpected RuntimeError: injected failure in the training step (set "
+        "AESOP_LOSS_TRACEBACK=1 for the traceback, and please report it)"
+    ]
+
+
+_WITHOUT_NUMPY = """
+import sys
+sys.modules["numpy"] = None  # `import numpy` fails, as in a fresh `pip install ".[train]"`
+from aesop_loss import AutoEncoder
+from aesop_loss.cli import run_cli
+from aesop_loss.convert import main as convert_main
+from aesop_loss.pretrain import main as pretrain_main
+
+out, data = sys.argv[1], sys.argv[2]
+args = ["--data", data, "--out", out + "/run", "--num-feat", "32", "--num-block", "1", "--num-grow-ch", "32",
+        "--val", "none", "--batch-size", "1", "--crop", "32", "--steps", "2", "--workers", "0"]
+assert run_cli(pretrain_main, args) == 0
+ae = AutoEncoder.from_pretrained(out + "/run")
+ae.save_pretrained(out + "/copy")
+assert run_cli(convert_main, [out + "/run", out + "/trainner.safetensors", "--to", "trainner"]) == 0
+back = AutoEncoder.from_pretrained(out + "/trainner.safetensors")
+assert all((back.state_dict()[k] == v).all() for k, v in ae.state_dict().items())
+print("saved without numpy")
+"""
+
+
+def test_pretrain_save_pretrained_and_convert_work_without_numpy(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_NUMPY, str(tmp_path), str(IMAGES)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "saved without numpy" in proc.stdout
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    assert (tmp_path / "copy" / "model.safetensors").is_file()

@@ -118,9 +118,9 @@ def _read_weights_header(path: str | os.PathLike[str]) -> StateDict:
 
     Examples:
         >>> import tempfile
-        >>> from safetensors.torch import save_file
+        >>> from aesop_loss._io import save_safetensors
         >>> with tempfile.TemporaryDirectory() as d:
-        ...     save_file({"w": torch.zeros(2, 3)}, f"{d}/m.safetensors")
+        ...     save_safetensors({"w": torch.zeros(2, 3)}, f"{d}/m.safetensors")
         ...     w = _read_weights_header(f"{d}/m.safetensors")["w"]
         >>> w.shape, w.device.type
         (torch.Size([2, 3]), 'meta')

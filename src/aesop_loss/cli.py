@@ -2,19 +2,25 @@
 
 ``convert``, ``pretrain`` and the bundled examples run their ``main`` through ``run_cli``: expected
 failures (``CLIError``, ``CheckpointError``, a failed write, a missing file) print one ``error: ...``
-line on stderr, never a traceback.
+line on stderr, never a traceback; an unexpected one prints one line too (the traceback with
+``AESOP_LOSS_TRACEBACK=1``). Whatever happened, DataLoader workers still alive are ended before the
+process exits: they ignore SIGTERM (a stop request is the training process's to handle), so the
+interpreter's own exit-time clean-up would wait for them forever.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 from ._io import WriteError
 from .checkpoints import CheckpointError
 
-__all__ = ["CLIError", "run_cli"]
+__all__ = ["CLIError", "end_workers", "run_cli"]
 
 
 class CLIError(Exception):
@@ -58,3 +64,35 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug or an unforeseen failure: still one line and an exit status
+        if os.environ.get("AESOP_LOSS_TRACEBACK") == "1":
+            traceback.print_exc()
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "no detail"
+        print(
+            f"error: unexpected {type(exc).__name__}: {detail} (set AESOP_LOSS_TRACEBACK=1 for the "
+            "traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        end_workers()
+
+
+def end_workers(timeout: float = 5.0) -> list[int]:
+    """Kill this process's daemonic children (DataLoader workers) that are still alive.
+
+    Workers ignore SIGINT and SIGTERM (``ignore_stop_signals``), and Python's exit-time clean-up
+    terminates daemonic children with SIGTERM and then joins them: after an error that left a
+    loader's workers running, that join never returns. SIGKILL cannot be ignored.
+
+    Returns:
+        The PIDs killed.
+    """
+    killed = []
+    for child in multiprocessing.active_children():
+        if child.daemon and child.is_alive() and child.pid is not None:
+            child.kill()
+            killed.append(child.pid)
+    for child in multiprocessing.active_children():
+        child.join(timeout)
+    return killed

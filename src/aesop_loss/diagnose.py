@@ -111,7 +111,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     try:
-        print(result.to_json() if args.json else f"AE: {args.ae}\n{result.table()}", flush=True)
+        text = result.to_json() if args.json else f"AE: {args.ae}\n{result.table()}"
+        if teacher is not None and not args.json:
+            text += (
+                "\nThe gradient cosine is a proxy. What each AE does to a trained SR net, with its noise, "
+                f"is what benchmarks/bench_guidance.py measures (--ae {args.teacher} --ae {args.ae})."
+            )
+        print(text, flush=True)
     except BrokenPipeError:  # `... | head`: the reader has what it wanted; the verdict still counts
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 1 if result.verdict == "unfit" else 0

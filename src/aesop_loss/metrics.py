@@ -1,6 +1,12 @@
-"""Fidelity metrics as the SR literature reports them, and the paper's AE-PSNR and LR-PSNR."""
+"""Fidelity metrics as the SR literature reports them, the paper's AE-PSNR and LR-PSNR, and the
+95% interval of a mean that comparisons of them are reported with."""
 
 from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -8,7 +14,7 @@ from torch import Tensor
 from .archs import AutoEncoder
 from .resize import imresize
 
-__all__ = ["ae_psnr", "lr_psnr", "psnr", "rgb_to_y"]
+__all__ = ["MeanInterval", "ae_psnr", "lr_psnr", "psnr", "rgb_to_y"]
 
 
 def rgb_to_y(x: Tensor) -> Tensor:
@@ -64,3 +70,61 @@ def ae_psnr(ae: AutoEncoder, sr: Tensor, hr: Tensor, *, crop_border: int | None 
 def lr_psnr(sr: Tensor, hr: Tensor, *, scale: int) -> Tensor:
     """The paper's LR-PSNR: PSNR of the MATLAB-bicubic downsampled pair (LR consistency)."""
     return psnr(imresize(sr.double(), 1 / scale), imresize(hr.double(), 1 / scale))
+
+
+def _t_quantile_975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (bisection on its CDF).
+
+    Examples:
+        >>> round(_t_quantile_975(1), 3), round(_t_quantile_975(10), 3), round(_t_quantile_975(1000), 2)
+        (12.706, 2.228, 1.96)
+    """
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def cdf(x: float, n: int = 2000) -> float:  # one half plus Simpson's rule on the density over [0, x]
+        h = x / n
+        f = [c * (1 + (i * h) ** 2 / df) ** (-(df + 1) / 2) for i in range(n + 1)]
+        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+
+    lo, hi = 0.0, 100.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < 0.975 else (lo, mid)
+    return (lo + hi) / 2
+
+
+@dataclass(frozen=True)
+class MeanInterval:
+    """A mean over ``n`` units with its 95% interval (Student's t), e.g. of paired differences.
+
+    A difference whose interval holds 0 is a tie: the data cannot tell its sign.
+
+    Examples:
+        >>> d = MeanInterval.of([0.4, 0.6, 0.5, 0.7])  # e.g. dB gained by one loss over another, 4 seeds
+        >>> round(d.mean, 2), round(d.low, 2), round(d.high, 2), d.tie
+        (0.55, 0.34, 0.76, False)
+        >>> MeanInterval.of([1.0, -0.8, 0.5]).tie
+        True
+    """
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> MeanInterval:
+        """The mean of ``values`` and its 95% interval (infinite for fewer than two values)."""
+        m = statistics.fmean(values)
+        if len(values) < 2:
+            return cls(m, -math.inf, math.inf, len(values))
+        half = _t_quantile_975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+        return cls(m, m - half, m + half, len(values))
+
+    @property
+    def tie(self) -> bool:
+        """Whether the interval holds 0."""
+        return self.low <= 0 <= self.high
+
+    def __str__(self) -> str:
+        return f"{self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}]" + (" tie" if self.tie else "")

@@ -1,0 +1,165 @@
+"""What an AE does to a trained SR net, with its noise: L1 vs AESOP under one or more AEs, paired.
+
+Trains the quickstart's small SR net (a 16/1/8 RRDBNet predicting the residual over bicubic) with
+nn.L1Loss and with AESOPLoss under each --ae, and scores every net on held-out images: PSNR-Y,
+LR-PSNR (of the bicubic-downsampled pair) and AE-PSNR under one fixed --reference-ae.
+
+The comparison is paired. A unit is (held-out fold, seed): within a unit every loss starts from the
+same initialisation and sees the same batches, so the difference between two losses is measured on
+the same footing, and the spread across units is the noise (initialisation, data order, which
+image is held out). Without --held-out, the folds are leave-one-out over --data's images (train on
+the others, score the one left out); each held-out image is scored on several crops. For every
+loss the mean and standard deviation over units are printed, and for every pair of losses the mean
+paired difference with its 95% interval (Student's t over units); an interval that holds 0 is
+printed as a tie.
+
+Cost (2-core x86-64 CPU): one training of --steps 300 takes about 8 s with L1 and 12-15 s with a
+demo-size AE, so the default (7 folds x 2 seeds x 3 losses = 42 trainings) about 8-10 minutes.
+More folds buy more than more seeds here: they add units at the same cost and vary the image too.
+
+    python benchmarks/bench_guidance.py                          # the default run (benchmarks/README.md)
+    python benchmarks/bench_guidance.py --ae demo --ae ./my-ae --seeds 3 --steps 600
+    python benchmarks/bench_guidance.py --smoke                  # a few steps, for the tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from aesop_loss import AESOPLoss, AutoEncoder
+from aesop_loss.metrics import MeanInterval, ae_psnr, lr_psnr, psnr
+from aesop_loss.resize import make_lr
+from aesop_loss.train import CropDataset, ImageSet, collate_crops, list_images, load_image
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+sys.path.insert(0, str(EXAMPLES))
+from quickstart import ResidualSR  # noqa: E402  # the quickstart's net, exactly
+
+METRICS = ("psnr_y", "lr_psnr", "ae_psnr")
+
+
+def held_out_crops(path: Path, size: int, count: int) -> list[Tensor]:
+    """``count`` crops of ``size`` on a grid over the image (fewer when it is small), [0, 1] float."""
+    img = load_image(path).float() / 255
+    h, w = img.shape[-2:]
+    size = min(size, h, w) // 4 * 4
+    side = max(1, math.ceil(math.sqrt(count)))
+    tops = sorted({round(i * (h - size) / max(1, side - 1)) for i in range(side)})
+    lefts = sorted({round(i * (w - size) / max(1, side - 1)) for i in range(side)})
+    crops = [img[None, :, t : t + size, left : left + size] for t in tops for left in lefts]
+    return crops[:count]
+
+
+def train_one(criterion: nn.Module, batches: list[tuple[Tensor, Tensor]], seed: int, lr: float) -> nn.Module:
+    """The quickstart's net from seed ``seed``, trained on ``batches`` with a cosine learning-rate decay."""
+    torch.manual_seed(seed)
+    net = ResidualSR()
+    opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.99))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=len(batches), eta_min=lr / 20)
+    for hr, lq in batches:
+        loss = criterion(net(lq.float() / 255), hr.float() / 255)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def score(net: nn.Module, crops: list[Tensor], reference: AutoEncoder) -> dict[str, float]:
+    """Mean PSNR-Y, LR-PSNR and AE-PSNR (under ``reference``) over the held-out crops."""
+    values: dict[str, list[float]] = {m: [] for m in METRICS}
+    for hr in crops:
+        sr = net(make_lr(hr, 4)).clamp(0, 1)
+        values["psnr_y"].append(float(psnr(sr, hr, crop_border=4)))
+        values["lr_psnr"].append(float(lr_psnr(sr, hr, scale=4)))
+        values["ae_psnr"].append(float(ae_psnr(reference, sr, hr)))
+    return {m: statistics.fmean(v) for m, v in values.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ae", action="append", help="an AE to train with (repeat; default: demo, demo-compact)")
+    p.add_argument("--reference-ae", default="demo", help="the AE of the AE-PSNR score (fixed for all)")
+    p.add_argument("--data", type=Path, default=EXAMPLES / "images", help="training images")
+    p.add_argument("--held-out", type=Path, help="held-out images (default: leave-one-out over --data)")
+    p.add_argument("--seeds", type=int, default=2, help="seeds per fold (paired: same for every loss)")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--crop", type=int, default=48)
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (cosine decay to lr/20)")
+    p.add_argument("--eval-size", type=int, default=128, help="held-out crop side")
+    p.add_argument("--eval-crops", type=int, default=4, help="held-out crops per image")
+    p.add_argument("--smoke", action="store_true", help="2 folds, 1 seed, 3 steps, small crops (tests)")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.seeds, args.steps, args.crop, args.batch_size, args.eval_size, args.eval_crops = (
+            1,
+            3,
+            32,
+            2,
+            64,
+            2,
+        )
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    sources = args.ae or ["demo", "demo-compact"]
+    aes = {f"AESOP {s}": AutoEncoder.from_pretrained(s) for s in sources}
+    reference = AutoEncoder.from_pretrained(args.reference_ae)
+    losses: dict[str, nn.Module] = {"L1": nn.L1Loss(), **{k: AESOPLoss(ae) for k, ae in aes.items()}}
+    files = list_images(args.data)
+    if args.held_out is not None:
+        folds = [(files, list_images(args.held_out))]
+    else:
+        folds = [([f for f in files if f != held], [held]) for held in files]
+        if args.smoke:
+            folds = folds[:2]
+    print(f"# bench_guidance  {date.today()}  torch {torch.__version__}  {torch.get_num_threads()} threads")
+    print(f"# {len(folds)} folds x {args.seeds} seeds = {len(folds) * args.seeds} paired units; "
+          f"{args.steps} steps of batch {args.batch_size} x {args.crop}^2, cosine lr {args.lr:g}; "
+          f"held-out: {args.eval_crops} crops of {args.eval_size}^2 per image; AE-PSNR under "
+          f"{args.reference_ae!r}")  # fmt: skip
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in losses}
+    t0 = time.perf_counter()
+    for fold, (train_files, held) in enumerate(folds):
+        crops = [c for path in held for c in held_out_crops(path, args.eval_size, args.eval_crops)]
+        for seed in range(args.seeds):
+            data = CropDataset(ImageSet(train_files), crop=args.crop, scale=4, seed=seed,
+                               crops_per_image=args.batch_size, ram_cache_bytes=1 << 30)  # fmt: skip
+            batches = [collate_crops([data[g]]) for g in range(args.steps)]  # the same for every loss
+            for name, criterion in losses.items():
+                results[name].append(score(train_one(criterion, batches, seed, args.lr), crops, reference))
+            print(f"# fold {fold + 1}/{len(folds)} ({', '.join(p.name for p in held)}), seed {seed}: "
+                  f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)  # fmt: skip
+    print(f"\n{'loss':<22}" + "".join(f"{m + ' (dB)':>22}" for m in METRICS))
+    for name, rows in results.items():
+        cells = []
+        for m in METRICS:
+            values = [r[m] for r in rows]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.fmean(values):>13.2f} +- {sd:5.2f}")
+        print(f"{name:<22}" + "".join(f"{c:>22}" for c in cells))
+    print("\npaired difference (first - second), mean [95% interval] over units, dB")
+    for a, b in itertools.combinations(
+        reversed(list(results)), 2
+    ):  # each AE loss minus L1, later AEs minus earlier
+        for m in METRICS:
+            diffs = [ra[m] - rb[m] for ra, rb in zip(results[a], results[b], strict=True)]
+            d = MeanInterval.of(diffs)
+            verdict = "tie" if d.tie else (f"{a} higher" if d.mean > 0 else f"{b} higher")
+            print(f"{a + ' - ' + b:<36}{m:<9}{d.mean:+7.2f} [{d.low:+6.2f}, {d.high:+6.2f}]  {verdict}")
+    print(f"\n# {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
