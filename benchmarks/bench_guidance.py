@@ -13,9 +13,10 @@ loss the mean and standard deviation over units are printed, and for every pair 
 paired difference with its 95% interval (Student's t over units); an interval that holds 0 is
 printed as a tie.
 
-Cost (2-core x86-64 CPU): one training of --steps 300 takes about 8 s with L1 and 12-15 s with a
-demo-size AE, so the default (7 folds x 2 seeds x 3 losses = 42 trainings) about 8-10 minutes.
-More folds buy more than more seeds here: they add units at the same cost and vary the image too.
+Cost (2-core x86-64 CPU, idle): a unit (three trainings of --steps 300 and their scoring) takes
+about 75 s (L1 about 10 s, the demo AE about 40 s, demo-compact about 25 s), so the default (7 folds x
+2 seeds = 14 units) about 18 minutes; each further --ae adds about half. More folds buy more than
+more seeds here: they add units at the same cost and vary the held-out image too.
 
     python benchmarks/bench_guidance.py                          # the default run (benchmarks/README.md)
     python benchmarks/bench_guidance.py --ae demo --ae ./my-ae --seeds 3 --steps 600
