@@ -504,3 +504,13 @@ def test_a_long_cpu_run_says_what_it_costs_and_names_the_quick_presets(caplog):
     bigger = budget.estimate(PretrainConfig(data="d", out=Path("o"), **TINY_ARCH, crop=64, batch_size=4),
                              torch.device("cpu"))  # fmt: skip
     assert bigger.step_bytes > budget.estimate(cfg, torch.device("cpu")).step_bytes  # 8x the pixels
+
+
+@pytest.mark.parametrize("abbreviated", [["--ste", "3"], ["--batch", "2"]])
+def test_abbreviated_flags_are_refused_not_overridden_by_the_preset(tmp_path, capsys, abbreviated):
+    # --preset fills the flags the command line does not name; "--ste" named --steps only to argparse
+    with pytest.raises(SystemExit) as exit_info:
+        main([*_args(tmp_path / "run"), "--preset", "tiny", *abbreviated])
+    assert exit_info.value.code == 2
+    assert f"unrecognized arguments: {' '.join(abbreviated)}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -777,10 +777,9 @@ sys.exit(console_main())
 """
 
 
-@pytest.mark.parametrize("workers", ["2", "0"])
-def test_an_unexpected_error_with_workers_ends_the_run_in_one_line(tmp_path, workers):
+def test_an_unexpected_error_with_workers_ends_the_run_in_one_line(tmp_path):
     # the workers ignore SIGTERM, so Python's exit-time clean-up used to wait for them forever
-    args = _pretrain_args(tmp_path / "run", "--workers", workers, "--steps", "5", "--save-every", "5")
+    args = _pretrain_args(tmp_path / "run", "--workers", "2", "--steps", "5", "--save-every", "5")
     proc = subprocess.run(
         [sys.executable, "-c", _FAILING_RUN, *args], capture_output=True, text=True, timeout=120
     )
@@ -823,3 +822,34 @@ def test_pretrain_save_pretrained_and_convert_work_without_numpy(tmp_path):
     assert "saved without numpy" in proc.stdout
     assert (tmp_path / "run" / "model.safetensors").is_file()
     assert (tmp_path / "copy" / "model.safetensors").is_file()
+
+
+def test_a_folder_declaring_an_extra_4_gib_tensor_is_refused_from_its_header(tmp_path, monkeypatch):
+    import json as _json
+
+    from aesop_loss import CheckpointError, hub
+
+    folder = tmp_path / "ae"
+    AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8).save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    raw = weights.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = _json.loads(raw[8 : 8 + size])
+    data = raw[8 + size :]
+    header["extra.weight"] = {
+        "dtype": "F32",
+        "shape": [1024, 1024, 1024],
+        "data_offsets": [len(data), len(data) + (4 << 30)],
+    }
+    text = _json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(weights, "wb") as fh:  # a sparse file: 4 GiB declared, nothing written for it
+        fh.write(len(text).to_bytes(8, "little") + text + data)
+        fh.truncate(8 + len(text) + len(data) + (4 << 30))
+    reads = []
+    monkeypatch.setattr(hub, "read_state_dict", lambda path: reads.append(path))
+    with pytest.raises(
+        CheckpointError, match=r"weights do not fit AutoEncoder.*unexpected keys: extra\.weight"
+    ):
+        AutoEncoder.from_pretrained(folder)
+    assert reads == []  # refused before a tensor was read

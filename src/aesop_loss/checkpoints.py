@@ -738,6 +738,17 @@ def _load_state_dict_strict(model: nn.Module, sd: Mapping[str, Tensor], *, sourc
     Raises:
         CheckpointError: Missing keys, unexpected keys, or shape mismatches, each listed by name.
     """
+    _check_fit(model, sd, source=source)
+    model.load_state_dict(sd, strict=True)
+
+
+def _check_fit(model: nn.Module, sd: Mapping[str, Tensor], *, source: str) -> None:
+    """Refuse ``sd`` unless its names and shapes are exactly ``model``'s; ``sd`` may be ``meta``
+    tensors (a safetensors header), so a file is judged before its tensors are read.
+
+    Raises:
+        CheckpointError: Missing keys, unexpected keys, or shape mismatches, each listed by name.
+    """
     expected = model.state_dict()
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
@@ -758,4 +769,3 @@ def _load_state_dict_strict(model: nn.Module, sd: Mapping[str, Tensor], *, sourc
         raise CheckpointError(
             f"{source}: weights do not fit {type(model).__name__}({config}): " + "; ".join(problems)
         )
-    model.load_state_dict(sd, strict=True)

@@ -35,6 +35,7 @@ from ._io import atomic_path, atomic_write_text, save_safetensors
 from ._version import __version__
 from .checkpoints import (
     CheckpointError,
+    _check_fit,
     _load_state_dict_strict,
     _read_weights_header,
     canonicalize_autoencoder,
@@ -358,7 +359,7 @@ def _load_folder(cls: type[M], folder: Path, *, label: str | None = None) -> M:
             )
     # The weights' own shapes decide the architecture: compare before anything is allocated.
     source = f"{weights_path} (with {CONFIG_NAME})"
-    _, implied = _canonicalize(cls, _read_weights_header(weights_path), source)
+    header, implied = _canonicalize(cls, _read_weights_header(weights_path), source)
     # a setting the file does not state is what the weights imply (a folder is consistent at every
     # moment of a replacement that writes a minimal config.json first, as convert --overwrite does)
     stated = {k: kwargs.get(k, implied[k]) for k in implied}
@@ -372,6 +373,7 @@ def _load_folder(cls: type[M], folder: Path, *, label: str | None = None) -> M:
         model = cls(**{**implied, **kwargs})
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{config_path}: invalid configuration: {exc}") from exc
+    _check_fit(model, header, source=source)  # unexpected or missing tensors: refused unread
     _load_state_dict_strict(model, read_state_dict(weights_path), source=source)
     return model
 

@@ -248,7 +248,10 @@ class PretrainConfig:
     def parser(cls, *, prog: str, description: str | None) -> argparse.ArgumentParser:
         """The command-line parser: one flag per field, grouped, with the field's default and help."""
         p = argparse.ArgumentParser(
-            prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+            prog=prog,
+            description=description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            allow_abbrev=False,  # an abbreviated flag would lose to --preset's value without a word
         )
         groups = [p.add_argument_group(title) for title in GROUPS]
         for f in dataclasses.fields(cls):
