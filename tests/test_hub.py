@@ -504,3 +504,16 @@ def test_pickle_refusal_is_recognised_in_every_supported_torch_wording(tmp_path,
         CheckpointError, match=rf"refused for safety: it holds pickled Python objects \({shown}\)"
     ):
         AutoEncoder.from_pretrained(tmp_path / "evil.pth")
+
+
+@pytest.mark.parametrize("num_block", [0, 1])
+@pytest.mark.parametrize("decoder", ["rrdb", "compact"])
+@pytest.mark.parametrize("encoder", ["learned", "bicubic"])
+def test_every_constructible_ae_round_trips_through_a_folder(tmp_path, encoder, decoder, num_block):
+    # without an RRDB anywhere (bicubic encoder, no decoder blocks) the weights cannot show the growth:
+    # config.json's value stands, where it used to be refused as "num_grow_ch=8 (weights: 32)"
+    ae = AutoEncoder(num_feat=16, num_block=num_block, num_grow_ch=8, encoder=encoder, decoder=decoder)
+    ae.save_pretrained(tmp_path / "ae")
+    back = AutoEncoder.from_pretrained(tmp_path / "ae")
+    assert back.config == ae.config
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in ae.state_dict().items())

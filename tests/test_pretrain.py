@@ -514,3 +514,11 @@ def test_abbreviated_flags_are_refused_not_overridden_by_the_preset(tmp_path, ca
     assert exit_info.value.code == 2
     assert f"unrecognized arguments: {' '.join(abbreviated)}" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_without_any_rrdb_writes_a_folder_that_loads(tmp_path):
+    out = tmp_path / "run"
+    flags = ["--encoder", "bicubic", "--decoder", "compact", "--steps", "1", "--batch-size", "1"]
+    assert main([*_args(out), *flags]) == 0
+    ae = AutoEncoder.from_pretrained(out)
+    assert (ae.config["encoder"], ae.config["decoder"], ae.config["num_grow_ch"]) == ("bicubic", "compact", 8)

@@ -298,7 +298,7 @@ def _infer_rrdbnet_config(sd: Mapping[str, Tensor], source: str) -> dict[str, An
         "num_out_ch": num_out_ch,
         "num_feat": int(first.shape[0]),
         "num_block": num_block,
-        "num_grow_ch": int(grow.shape[0]) if grow is not None else 32,
+        "num_grow_ch": int(grow.shape[0]) if grow is not None else None,  # no RRDB: not in the weights
         "scale": _SCALE_FOR_UNSHUFFLED_CHANNELS[ratio],
     }
 
@@ -516,11 +516,12 @@ def canonicalize_autoencoder(
     label = f"{source} (decoder)"
     if _is_compact(decoder):
         compact = canonicalize_compact(decoder, source=label)[1]
-        grow = out.get("encoder.2.0.rdb1.conv1.weight")  # none with the bicubic encoder: default 32
-        cfg = {**compact, "num_block": compact["num_conv"], "decoder": "compact",
-               "num_grow_ch": int(grow.shape[0]) if grow is not None else 32}  # fmt: skip
+        cfg = {**compact, "num_block": compact["num_conv"], "decoder": "compact", "num_grow_ch": None}
     else:
         cfg = {**_infer_rrdbnet_config(decoder, label), "decoder": "rrdb"}
+    grow = out.get("encoder.2.0.rdb1.conv1.weight")  # the learned encoder's RRDBs
+    if cfg["num_grow_ch"] is None and grow is not None:
+        cfg["num_grow_ch"] = int(grow.shape[0])
     if cfg["scale"] not in (2, 4):
         raise CheckpointError(f"{source}: decoder scale {cfg['scale']} is not an AE scale (4 or 2).")
     stem = out.get("encoder.3.0.weight")

@@ -311,9 +311,15 @@ def _canonicalize(
     return _CANONICALIZERS[_architecture(cls)](sd, source=source)
 
 
+def _observed(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings the weights show; ``None`` marks one they cannot (e.g. the growth of an AE with no
+    RRDB), which takes the constructor's default or what ``config.json`` states."""
+    return {k: v for k, v in config.items() if v is not None}
+
+
 def _load_file(cls: type[M], path: Path) -> M:
     sd, config = _canonicalize(cls, read_state_dict(path), str(path))
-    model = cls(**config)
+    model = cls(**_observed(config))
     _load_state_dict_strict(model, sd, source=str(path))
     return model
 
@@ -362,6 +368,7 @@ def _load_folder(cls: type[M], folder: Path, *, label: str | None = None) -> M:
     header, implied = _canonicalize(cls, _read_weights_header(weights_path), source)
     # a setting the file does not state is what the weights imply (a folder is consistent at every
     # moment of a replacement that writes a minimal config.json first, as convert --overwrite does)
+    implied = _observed(implied)
     stated = {k: kwargs.get(k, implied[k]) for k in implied}
     differ = [f"{k}={stated[k]!r} (weights: {implied[k]!r})" for k in implied if stated[k] != implied[k]]
     if differ:
