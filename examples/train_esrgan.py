@@ -286,6 +286,7 @@ def train(args: argparse.Namespace, folder: RunFolder) -> int:
         )
 
     def save(step: int) -> None:
+        folder.verify()  # no link appeared in the run folder since it was claimed
         g_ema.save_pretrained(
             args.out / "generator", description="ESRGAN generator trained with AESOP (EMA)."
         )
@@ -308,7 +309,7 @@ def train(args: argparse.Namespace, folder: RunFolder) -> int:
     )
     val = validation_pairs(val_paths, 64 if args.smoke else 256)
     args.out.mkdir(parents=True, exist_ok=True)
-    log = open(args.out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+    log = folder.open_log("metrics.jsonl")  # never through a link, never into a file shared elsewhere
     batches, t0 = iter(loader), time.perf_counter()
     logger.info(
         "training %s steps: %s as L_pix, perceptual %s",

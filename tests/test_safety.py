@@ -853,3 +853,71 @@ def test_a_folder_declaring_an_extra_4_gib_tensor_is_refused_from_its_header(tmp
     ):
         AutoEncoder.from_pretrained(folder)
     assert reads == []  # refused before a tensor was read
+
+
+# --- links that appear during a run, and hard links ---------------------------------------------------
+
+_SWAP_DURING_RUN = """
+import os, shutil, sys
+from pathlib import Path
+from aesop_loss.train import loop
+
+action, out, users = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+real = loop.PretrainRun.train_step
+
+
+def train_step(self, hr, lr):
+    if self.step == 2:  # after the first save, something else changes the run folder
+        if action == "checkpoints-symlink":
+            shutil.rmtree(out / "checkpoints")
+            os.symlink(users, out / "checkpoints")
+        elif action == "metrics-symlink":
+            (out / "metrics.jsonl").unlink()
+            os.symlink(users / "notes.txt", out / "metrics.jsonl")
+        elif action == "metrics-hardlink":
+            (out / "metrics.jsonl").unlink()
+            os.link(users / "notes.txt", out / "metrics.jsonl")
+    return real(self, hr, lr)
+
+
+loop.PretrainRun.train_step = train_step
+from aesop_loss.pretrain import console_main
+
+sys.argv = ["pretrain", *sys.argv[4:]]
+sys.exit(console_main())
+"""
+
+
+@pytest.mark.parametrize("action", ["checkpoints-symlink", "metrics-symlink", "metrics-hardlink"])
+def test_a_link_that_appears_during_a_run_is_never_written_through(tmp_path, action):
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "last.pt").write_bytes(b"the user's own file")
+    (users / "notes.txt").write_text("the user's notes\n")
+    out = tmp_path / "run"
+    args = _pretrain_args(out, "--workers", "2", "--steps", "4", "--save-every", "1", "--log-every", "1")
+    proc = subprocess.run(
+        [sys.executable, "-c", _SWAP_DURING_RUN, action, str(out), str(users), *args],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert ("symbolic link" in errors[0]) if action.endswith("symlink") else ("hard link" in errors[0])
+    assert (users / "last.pt").read_bytes() == b"the user's own file"
+    assert (users / "notes.txt").read_text() == "the user's notes\n"
+    assert sorted(p.name for p in users.iterdir()) == ["last.pt", "notes.txt"]
+
+
+def test_a_hard_linked_lock_is_not_truncated_on_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert pretrain_main(_pretrain_args(out, "--steps", "1", "--save-every", "1")) == 0
+    users = tmp_path / "users.txt"
+    users.write_text("the user's file\n")
+    (out / ".lock").unlink()
+    os.link(users, out / ".lock")
+    code = run_cli(pretrain_main, _pretrain_args(out, "--steps", "2", "--resume"))
+    assert code == 2
+    assert "has another hard link" in _one_error_line(capsys)
+    assert users.read_text() == "the user's file\n"

@@ -430,14 +430,23 @@ def _run_device(cfg: PretrainConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def _append(path: Path, record: dict[str, Any], step: int, run: PretrainRun) -> None:
+def _append(folder: RunFolder, record: dict[str, Any], step: int, run: PretrainRun) -> None:
     try:
-        with open(path, "a", encoding="utf-8") as fh:
+        with folder.open_log(METRICS_NAME) as fh:  # never through a link, never into a shared file
             fh.write(json.dumps(record) + "\n")
     except OSError as exc:
         raise CLIError(
-            f"cannot write {path} at step {step} ({exc.strerror or exc}); {run.intact()}", exit_code=1
+            f"cannot write {folder.path / METRICS_NAME} at step {step} ({exc.strerror or exc}); "
+            f"{run.intact()}",
+            exit_code=1,
         ) from exc
+
+
+def _save(run: PretrainRun, folder: RunFolder) -> None:
+    """Save, after checking that no link appeared in the run folder since it was claimed (rank 0)."""
+    if run.env.main:
+        folder.verify()
+    run.save()
 
 
 def _first_nonfinite(first: Tensor, step: int, loss: Tensor) -> Tensor:
@@ -473,7 +482,6 @@ def _train(cfg: PretrainConfig, env: Distributed, folder: RunFolder, teacher: Au
     if run.step >= cfg.steps:
         logger.info("nothing to do: step %d >= --steps %d", run.step, cfg.steps)
         return out
-    metrics_file = out / METRICS_NAME
     if env.main:
         folder.trim_log(METRICS_NAME, run.step)
 
@@ -546,7 +554,7 @@ def _train(cfg: PretrainConfig, env: Distributed, folder: RunFolder, teacher: Au
                         "images_per_s": imgs,
                     }
                     if env.main:
-                        _append(metrics_file, record, run.step, run)
+                        _append(folder, record, run.step, run)
                     sums.zero_()
                     window, t0 = 0, time.perf_counter()
                 if val_set and (run.step % cfg.val_every == 0 or run.step == cfg.steps):
@@ -554,7 +562,7 @@ def _train(cfg: PretrainConfig, env: Distributed, folder: RunFolder, teacher: Au
                     logger.info(
                         "step %d: %s", run.step, ", ".join(f"{k} {v:.2f} dB" for k, v in run.best.items())
                     )
-                    _append(metrics_file, {"step": run.step, **run.best}, run.step, run)
+                    _append(folder, {"step": run.step, **run.best}, run.step, run)
                 if saved:
                     _stop_if_nonfinite(first_bad, run)
                     if run.step == cfg.steps and env.main:  # the last save: is the AE fit for AESOP?
@@ -564,12 +572,12 @@ def _train(cfg: PretrainConfig, env: Distributed, folder: RunFolder, teacher: Au
                         logger.info(
                             "fitness for AESOP (python -m aesop_loss.diagnose):\n%s", run.diagnosis.table()
                         )
-                    run.save()
+                    _save(run, folder)
                 if run.step < cfg.steps and stop.agreed(run.step, world=env.world, device=env.device):
                     stopped = True
                     if not saved:
                         _stop_if_nonfinite(first_bad, run)
-                        run.save()
+                        _save(run, folder)
                     break
     except KeyboardInterrupt:  # a second Ctrl-C: mid-step, so a checkpoint now would not resume exactly
         bar.close()

@@ -10,7 +10,9 @@ A training tool (``python -m aesop_loss.pretrain``, ``examples/train_esrgan.py``
   inherit) keeps a second run out while the first one runs; the OS drops it when its process dies,
   so a run killed with ``kill -9`` does not block its ``--resume``, even while orphaned workers live;
 - no file or folder the tool writes or deletes there may be a symbolic link (it could point at a
-  user's file): such a folder is refused before anything is written;
+  user's file): such a folder is refused before anything is written, and checked again before every
+  save (``verify``), in case a link appeared during the run; files written in place (the lock, the
+  metrics log) are opened without following links and refused when they have another hard link;
 - a folder from before run markers existed is adopted only when its checkpoint reads as this tool's
   (``legacy_keys``), never on the word of ``--resume`` alone;
 - temporary files that a killed run left behind (``.NAME.XXXX.tmp``, see ``atomic_path``) are removed,
@@ -121,6 +123,7 @@ class RunFolder:
         self.legacy_keys = tuple(legacy_keys)
         self.resume = resume
         self._lock: IO[str] | None = None
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the folder once claimed
 
     @property
     def marker(self) -> Path:
@@ -206,6 +209,9 @@ class RunFolder:
             raise RunFolderError(
                 f"--out {self.path}: cannot write there ({exc.strerror or exc}); choose a writable folder."
             ) from None
+        if os.fstat(fh.fileno()).st_nlink > 1:  # truncating it would truncate a file elsewhere
+            fh.close()
+            raise RunFolderError(_shared(self.path, LOCK_NAME))
         if not _try_lock(fh):
             fh.seek(0)
             holder = fh.read().strip() or "another process"
@@ -219,6 +225,8 @@ class RunFolder:
         fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         fh.flush()
         self._lock = fh
+        stat = os.stat(self.path)
+        self._identity = (stat.st_dev, stat.st_ino)
         _HELD.add(key)
         if not self.marker.is_file():
             atomic_write_text(
@@ -229,6 +237,56 @@ class RunFolder:
             if folder.is_dir():
                 remove_stale_temps(folder, names)
         return self
+
+    def verify(self) -> None:
+        """Check again, right before a save, that the folder is the one claimed and that nothing the
+        tool writes has become a symbolic link since (a link made during the run could point at a
+        user's file).
+
+        Raises:
+            RunFolderError: The folder was replaced or a link appeared; exit status 1, the files
+                already saved are left as they are.
+        """
+        try:
+            stat = os.lstat(self.path)
+        except OSError:
+            stat = None
+        if stat is None or (self._identity is not None and (stat.st_dev, stat.st_ino) != self._identity):
+            raise RunFolderError(
+                f"--out {self.path} was moved, deleted or replaced during the run; the run stopped without "
+                "writing into whatever is there now.",
+                exit_code=1,
+            )
+        try:
+            self._refuse_links()
+        except RunFolderError as exc:
+            raise RunFolderError(
+                f"{exc} (the link appeared during the run, which stopped)", exit_code=1
+            ) from None
+
+    def open_log(self, name: str) -> IO[str]:
+        """Open the folder's log ``name`` for appending, never through a link or into a file that has
+        other hard links (it could be a user's file).
+
+        Raises:
+            RunFolderError: ``name`` is a symbolic link or shares its data with another name.
+        """
+        path = self.path / name
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(path, flags, 0o644)
+        except OSError:
+            if path.is_symlink():
+                raise RunFolderError(
+                    f"--out {self.path}: {name} is a symbolic link, and the tool never writes through links; "
+                    "the run stopped.",
+                    exit_code=1,
+                ) from None
+            raise
+        if os.fstat(fd).st_nlink > 1:
+            os.close(fd)
+            raise RunFolderError(_shared(self.path, name), exit_code=1)
+        return os.fdopen(fd, "a", encoding="utf-8")
 
     def trim_log(self, name: str, step: int) -> None:
         """Keep only the records of steps up to ``step`` in the JSON-lines log ``name``.
@@ -253,8 +311,9 @@ class RunFolder:
         """Drop the lock (the OS also drops it when the process ends)."""
         if self._lock is not None:
             with contextlib.suppress(OSError):
-                self._lock.seek(0)
-                self._lock.truncate()
+                if os.fstat(self._lock.fileno()).st_nlink == 1:  # never truncate a file shared since
+                    self._lock.seek(0)
+                    self._lock.truncate()
             self._lock.close()
             self._lock = None
             _HELD.discard(self.path.resolve())
@@ -266,3 +325,11 @@ class RunFolder:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.release()
+
+
+def _shared(folder: Path, name: str) -> str:
+    return (
+        f"--out {folder}: {name} has another hard link (it shares its data with a file elsewhere, maybe "
+        "one of yours), and the tool never writes into such a file; nothing was written to it. Remove "
+        f"{folder / name} and run again."
+    )
