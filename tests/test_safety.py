@@ -923,3 +923,49 @@ def test_a_hard_linked_lock_is_not_truncated_on_resume(tmp_path, capsys):
     assert code == 2
     assert "has another hard link" in _one_error_line(capsys)
     assert users.read_text() == "the user's file\n"
+
+
+def test_a_pth_is_judged_by_its_zip_directory_before_torch_reads_it(tmp_path, monkeypatch):
+    import aesop_loss.checkpoints as checkpoints
+    from aesop_loss import CheckpointError
+
+    ae = AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8)
+    many = {f"junk.{i}": torch.zeros(1) for i in range(150)}
+    torch.save(many, tmp_path / "many.pth")
+    torch.save(
+        {"params_ema": ae.state_dict(), "optimizer": {"big": torch.zeros(1 << 19)}}, tmp_path / "big.pth"
+    )
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    monkeypatch.setattr(checkpoints, "_MAX_TENSORS", 100)
+    with pytest.raises(CheckpointError, match=r"holds 150 tensors.*refused before reading them"):
+        AutoEncoder.from_pretrained(tmp_path / "many.pth")
+    monkeypatch.setattr(checkpoints, "_MAX_TENSORS", 20_000)
+    monkeypatch.setattr(checkpoints, "_MAX_PTH_BYTES", 1 << 20)  # 2 GiB in use; 2 MiB of zeros shows it
+    with pytest.raises(CheckpointError, match=r"declares \d MiB of tensor data.*refused before reading it"):
+        AutoEncoder.from_pretrained(tmp_path / "big.pth")
+    assert loads == []  # neither file was unpickled
+
+
+def test_tensors_a_pth_holds_beside_the_weights_are_never_read(tmp_path):
+    # a checkpoint with 256 MiB of optimizer state beside small weights: memory-mapped, only the
+    # weights are read (it used to take the whole file's size in memory)
+    ae = AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8)
+    extra = {"exp_avg": torch.ones(1 << 26)}  # 256 MiB, not zeros: a real page for every byte
+    torch.save({"params_ema": ae.state_dict(), "optimizer": extra}, tmp_path / "ckpt.pth")
+    del extra
+    code = (  # VmHWM: this process's own peak (ru_maxrss would start at the forking parent's)
+        "import re, sys\n"
+        "from aesop_loss import AutoEncoder\n"
+        "def peak():\n"
+        "    return int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+        "before = peak()\n"
+        "AutoEncoder.from_pretrained(sys.argv[1])\n"
+        "print((peak() - before) / 1024)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "ckpt.pth")], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.split()[-1]) < 64  # MiB of peak growth, for a 256 MiB file

@@ -21,6 +21,7 @@ import math
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -156,9 +157,43 @@ def _check_count(count: int, source: str) -> None:
         )
 
 
-def _torch_load(path: Path) -> Any:
+# Tensor data a .pth may declare: far above any checkpoint of a network this package reads (the
+# paper's AE: 73 MB; a training checkpoint with optimizer state: about 4x that).
+_MAX_PTH_BYTES = 2 << 30
+_PTH_STORAGE = re.compile(r"(^|/)data/\d+$")  # a storage record in torch.save's zip format
+
+
+def _pth_precheck(path: Path) -> bool:
+    """Judge a ``torch.save`` zip by its directory, before anything is unpickled or read: the number of
+    tensors and the bytes they declare. Returns whether the tensors can be memory-mapped (stored
+    uncompressed, as ``torch.save`` writes them), so tensors the caller never uses are never read.
+
+    Raises:
+        CheckpointError: More tensors than any supported network has, or more declared data.
+    """
+    if not zipfile.is_zipfile(path):
+        return False  # the legacy (pre-1.6) format: torch.load reads it as it is
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with zipfile.ZipFile(path) as zf:
+            storages = [i for i in zf.infolist() if _PTH_STORAGE.search(i.filename)]
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False  # torch.load gives the precise error
+    _check_count(len(storages), str(path))
+    declared = sum(i.file_size for i in storages)
+    if declared > _MAX_PTH_BYTES:
+        raise CheckpointError(
+            f"{path}: declares {declared / 2**20:,.0f} MiB of tensor data, more than a checkpoint of any "
+            f"network this package reads ({_MAX_PTH_BYTES / 2**20:,.0f} MiB at most); refused before "
+            "reading it. "
+            "Save just the weights (torch.save({'params_ema': model.state_dict()}, ...))."
+        )
+    return all(i.compress_type == zipfile.ZIP_STORED for i in storages)
+
+
+def _torch_load(path: Path) -> Any:
+    mmap = _pth_precheck(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         # torch names the refused callable differently across versions ("Unsupported global:
         # GLOBAL x", "unsupported GLOBAL x whose module ... is blocked", "Unsupported class x");
