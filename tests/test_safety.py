@@ -969,3 +969,22 @@ def test_tensors_a_pth_holds_beside_the_weights_are_never_read(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert float(proc.stdout.split()[-1]) < 64  # MiB of peak growth, for a 256 MiB file
+
+
+def test_a_gray_ae_in_diagnose_and_an_unknown_home_are_one_line_each(tmp_path, capsys):
+    from aesop_loss.diagnose import main as diagnose_main
+
+    AutoEncoder(num_in_ch=1, num_feat=16, num_block=1, num_grow_ch=8).save_pretrained(tmp_path / "gray")
+    assert run_cli(diagnose_main, [str(tmp_path / "gray"), "--size", "32", "--tiles", "1"]) == 2
+    assert "is an AE of 1-channel images; diagnose measures RGB AEs" in _one_error_line(capsys)
+    with pytest.warns(UserWarning, match="demo AE"):
+        code = run_cli(diagnose_main, ["demo", "--teacher", str(tmp_path / "gray"), "--size", "32"])
+    assert code == 2
+    assert "is an AE of 1-channel images" in _one_error_line(capsys)
+    for args in (
+        _pretrain_args(Path("~no_such_user_here/run"), "--steps", "1"),
+        ["--data", "~no_such_user_here/photos", "--out", str(tmp_path / "r"), *TINY, "--steps", "1"],
+    ):
+        assert run_cli(pretrain_main, args) == 2
+        assert "a path starts with ~user for a user this machine does not know" in _one_error_line(capsys)
+    assert not (tmp_path / "r").exists()

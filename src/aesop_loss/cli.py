@@ -64,18 +64,34 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # a bug or an unforeseen failure: still one line and an exit status
-        if os.environ.get("AESOP_LOSS_TRACEBACK") == "1":
-            traceback.print_exc()
-        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "no detail"
+    except ValueError as exc:  # this package's checks of settings and inputs name the problem and the fix
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if "Could not determine home directory" not in str(exc):
+            return _unexpected(exc)
         print(
-            f"error: unexpected {type(exc).__name__}: {detail} (set AESOP_LOSS_TRACEBACK=1 for the "
-            "traceback, and please report it)",
+            "error: a path starts with ~user for a user this machine does not know (or ~ without a home "
+            "folder); write the path out in full.",
             file=sys.stderr,
         )
-        return 1
+        return 2
+    except Exception as exc:  # a bug or an unforeseen failure: still one line and an exit status
+        return _unexpected(exc)
     finally:
         end_workers()
+
+
+def _unexpected(exc: BaseException) -> int:
+    if os.environ.get("AESOP_LOSS_TRACEBACK") == "1":
+        traceback.print_exception(exc)
+    detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "no detail"
+    print(
+        f"error: unexpected {type(exc).__name__}: {detail} (set AESOP_LOSS_TRACEBACK=1 for the "
+        "traceback, and please report it)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def end_workers(timeout: float = 5.0) -> list[int]:

@@ -104,6 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     images = _Images(args.images) if args.images else None
     ae = AutoEncoder.from_pretrained(args.ae, device=args.device)
     teacher = AutoEncoder.from_pretrained(args.teacher, device=args.device) if args.teacher else None
+    for name, model in ((args.ae, ae), (args.teacher, teacher)):
+        if model is not None and model.num_in_ch != 3:
+            raise CLIError(
+                f"{name} is an AE of {model.num_in_ch}-channel images; diagnose measures RGB AEs "
+                "(its probes are colour photos and colour offsets)."
+            )
     if teacher is not None and teacher.scale != ae.scale:
         raise CLIError(f"--teacher {args.teacher} is a x{teacher.scale} AE; {args.ae} is x{ae.scale}.")
     try:
