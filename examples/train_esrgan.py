@@ -227,6 +227,29 @@ def main(argv: list[str] | None = None) -> int:
         folder.release()
 
 
+_STATE_KEYS = ("step", "g", "d", "g_ema", "opt_g", "opt_d", "scaler", "rng")
+
+
+def load_state(path: Path, device: torch.device) -> dict:
+    """``state.pt``, checked: readable, every entry there, a step that is a count (one line otherwise)."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # truncated, corrupted, or not a checkpoint at all
+        raise CLIError(
+            f"--resume: {path} cannot be read ({type(exc).__name__}; truncated or damaged?); delete it "
+            "to start over in this folder, or choose another --out."
+        ) from None
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    step = state.get("step") if isinstance(state, dict) else None
+    if missing or type(step) is not int or step < 0:
+        problem = f"no {', '.join(missing)}" if missing else f"step {step!r} is not a count of steps"
+        raise CLIError(
+            f"--resume: {path} is not a train_esrgan state ({problem}); delete it to start over in this "
+            "folder, or choose another --out."
+        )
+    return state
+
+
 def check_flags(args: argparse.Namespace) -> None:
     """Every numeric flag in range before anything is built (one line, exit 2, otherwise)."""
     for name in ("num_feat", "num_block", "steps", "batch_size", "crop", "val_every", "save_every"):
@@ -272,12 +295,19 @@ def train(args: argparse.Namespace, folder: RunFolder) -> int:
     if args.resume:
         if not state_path.is_file():
             raise CLIError(f"--resume: no {state_path}; start without --resume.")
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        for module, key in ((g, "g"), (d, "d"), (g_ema, "g_ema"), (opt_g, "opt_g"), (opt_d, "opt_d")):
-            module.load_state_dict(state[key])
+        state = load_state(state_path, device)
+        try:
+            for module, key in ((g, "g"), (d, "d"), (g_ema, "g_ema"), (opt_g, "opt_g"), (opt_d, "opt_d")):
+                module.load_state_dict(state[key])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            detail = str(exc).strip().splitlines()[-1].strip()[:200]
+            raise CLIError(
+                f"--resume: {state_path} was saved by a run with other settings ({detail}); resume with "
+                "the flags it was started with (--num-feat, --num-block, --init), or choose another --out."
+            ) from None
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"].cpu())  # map_location moved it to --device
-        start = int(state["step"])
+        start = state["step"]
         folder.trim_log("metrics.jsonl", start)
         logger.info("resumed %s at step %d", args.out, start)
     elif state_path.exists():

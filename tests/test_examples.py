@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -138,6 +139,47 @@ def test_train_esrgan_resumes_exactly(tmp_path):
     # a finished run is not silently overwritten, and there must be something to resume
     assert run_cli(train_esrgan.main, [*common, "--out", str(tmp_path / "straight")]) == 2
     assert run_cli(train_esrgan.main, [*common, "--out", str(tmp_path / "none"), "--resume"]) == 2
+
+
+@pytest.mark.filterwarnings("ignore:Loaded the bundled demo AE")
+def test_train_esrgan_resume_of_another_or_a_damaged_state_is_one_line(tmp_path, capsys):
+    import train_esrgan
+
+    from aesop_loss.cli import run_cli
+
+    out = tmp_path / "run"  # the smoke preset's sizes, spelled out (--smoke would override --num-feat)
+    sizes = ["--num-feat", "16", "--num-block", "1", "--batch-size", "2", "--crop", "64", "--workers", "0"]
+    common = ["--device", "cpu", "--out", str(out), *sizes, "--val-every", "2", "--save-every", "2"]
+    assert train_esrgan.main([*common, "--steps", "2"]) == 0
+    state = out / "state.pt"
+    good = state.read_bytes()
+    cases = [
+        (["--num-feat", "32"], None, "was saved by a run with other settings"),
+        (["--num-block", "2"], None, "was saved by a run with other settings"),
+        ([], good[: len(good) // 2], "cannot be read"),  # truncated
+        ([], "step", "step -5 is not a count of steps"),
+        ([], "scaler", "no scaler"),
+        ([], "not-a-dict", "no step"),
+    ]
+    for flags, damage, needle in cases:
+        if isinstance(damage, bytes):
+            state.write_bytes(damage)
+        elif damage is not None:
+            loaded = torch.load(io.BytesIO(good), weights_only=True)
+            if damage == "step":
+                loaded["step"] = -5
+            elif damage == "scaler":
+                del loaded["scaler"]
+            else:
+                loaded = [loaded["step"]]
+            torch.save(loaded, state)
+        capsys.readouterr()
+        argv = [*common, "--steps", "4", "--resume", *flags]  # a flag given twice: the last one counts
+        assert run_cli(train_esrgan.main, argv) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert len(err) == 1
+        assert needle in err[0], err[0]
+        state.write_bytes(good)
 
 
 def test_train_esrgan_ctrl_c_saves_and_exits(tmp_path):
