@@ -273,3 +273,18 @@ def test_the_bundled_compact_demo_guides_like_its_teacher_at_a_fraction_of_the_c
             ae(x)
         flops.append(counter.get_total_flops())
     assert flops[0] < 0.1 * flops[1]  # 0.027x the paper AE's multiply-adds
+
+
+def test_decoder_init_of_another_scale_and_distillation_flags_without_a_teacher_are_refused(tmp_path, capsys):
+    for scale, fmt in ((2, "x2"), (3, "x3")):
+        path = tmp_path / f"compact_{fmt}.pth"
+        torch.save({"params": SRVGGNetCompact(num_feat=16, num_conv=2, scale=scale).state_dict()}, path)
+        code = run_cli(main, _args(tmp_path / f"run{scale}", "--decoder-init", str(path), "--steps", "1"))
+        err = capsys.readouterr().err
+        assert code == 2
+        assert f"is a x{scale} generator" in err
+        assert "pass --scale 2" in err if scale == 2 else "x4 or x2" in err
+    for flags in (["--distill-noise", "0.1"], ["--distill-weight", "2"]):
+        assert run_cli(main, _args(tmp_path / "run", *flags, "--steps", "1")) == 2
+        assert "without --teacher they would be ignored" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

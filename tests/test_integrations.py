@@ -615,3 +615,29 @@ def test_convert_to_trainner_refuses_an_ae_without_an_equivalent(tmp_path, capsy
         "(traiNNer-redux's RRDB blocks fix it at 32)."
     ]
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_class_registered_under_another_name_pickles(ae_dir):
+    import pickle
+
+    registry = Registry("traiNNer", lower=True)
+    cls = trainner.register(registry, name="AESOPPickleLoss")
+    loss = cls(ae_dir, loss_weight=0.5)
+    back = pickle.loads(pickle.dumps(loss))  # what torch.save(model) of a model holding it does
+    assert type(back).__name__ == "AESOPPickleLoss"
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(9))
+    assert back(x, x.flip(-1)).item() == loss(x, x.flip(-1)).item()
+
+
+def test_convert_to_trainner_clears_what_a_killed_conversion_left(tmp_path, capsys):
+    AutoEncoder(num_feat=32, num_block=1, num_grow_ch=32).save_pretrained(tmp_path / "ae")
+    out = tmp_path / "ae_trainner.safetensors"
+    stale = tmp_path / ".ae_trainner.safetensors.k1ll3d.tmp"  # atomic_path's temp of a killed run
+    stale.write_bytes(b"\0" * 4096)
+    others = [tmp_path / ".other.safetensors.abcd.tmp", tmp_path / "ae_trainner.safetensors.tmp"]
+    for other in others:
+        other.write_bytes(b"not ours to remove")
+    code, _, err = _convert(capsys, str(tmp_path / "ae"), str(out), "--to", "trainner")
+    assert code == 0, err
+    assert not stale.exists()
+    assert all(other.read_bytes() == b"not ours to remove" for other in others)

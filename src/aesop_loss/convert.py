@@ -42,7 +42,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ._io import atomic_path, atomic_write_text, save_safetensors, sha256_file
+from ._io import atomic_path, atomic_write_text, remove_stale_temps, save_safetensors, sha256_file
 from .archs import AutoEncoder
 from .checkpoints import canonicalize_autoencoder, trainner_autoencoder_state_dict
 from .cli import CLIError, run_cli
@@ -268,6 +268,9 @@ def to_trainner(src: str | os.PathLike[str], out_file: str | Path, *, overwrite:
     if os.fspath(src) != "demo" and Path(src).resolve() == out_file.resolve():
         raise CLIError(f"OUT {out_file} is the source; name a new file.")
     tensors = trainner_autoencoder_state_dict(source.state_dict(), source.config)
+    if out_file.parent.is_dir():  # what a killed conversion to this OUT left (.OUT.XXXX.tmp, only those)
+        for stale in remove_stale_temps(out_file.parent, [out_file.name]):
+            logger.info("removed %s, left by an interrupted conversion", stale)
     with atomic_path(out_file) as tmp:
         save_safetensors(tensors, tmp, metadata={"format": "pt", **_TRAINNER_MARK})
         back, config = canonicalize_autoencoder(load_file(str(tmp)), source=str(out_file))

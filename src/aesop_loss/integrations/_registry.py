@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any, TypeVar
 
 from ..loss import AESOPLoss
@@ -45,6 +46,10 @@ def register_as(registry: Any, cls: type[L], name: str, *, framework: str, defau
             f"{framework}'s LOSS_REGISTRY already has a loss named {name!r}; register this one under "
             f"another name (register(name=...)) and use that name as the option's type."
         )
-    target = cls if name == cls.__name__ else type(name, (cls,), {"__module__": cls.__module__})
+    target = cls
+    if name != cls.__name__:
+        target = type(name, (cls,), {"__module__": cls.__module__, "__qualname__": name})
+        # pickle (torch.save of a model holding the loss) finds a class by module and name
+        setattr(sys.modules[cls.__module__], name, target)
     registry.register(target)
     return target

@@ -222,6 +222,11 @@ class PretrainConfig:
                 f"--num-feat {self.num_feat}: expected a multiple of --scale squared ({self.scale**2}); "
                 "the learned encoder pixel-unshuffles num_feat/scale**2 channels up to num_feat."
             )
+        if self.teacher is None and (self.distill_noise > 0 or self.distill_weight != 1.0):
+            raise CLIError(
+                "--distill-weight and --distill-noise shape the distillation from a --teacher; without "
+                "--teacher they would be ignored, so pass --teacher AE (or drop them)."
+            )
         check_device(self.device)
 
     def resume_signature(self) -> dict[str, Any]:

@@ -156,6 +156,17 @@ class PretrainRun:
         if cfg.decoder_init:
             generator = SRVGGNetCompact if cfg.decoder == "compact" else RRDBNet
             decoder = generator.from_pretrained(cfg.decoder_init)
+            if decoder.scale not in (2, 4):
+                raise CLIError(
+                    f"--decoder-init {cfg.decoder_init} is a x{decoder.scale} generator; an AE's decoder is "
+                    f"x4 or x2, so pass a x{cfg.scale} generator."
+                )
+            if decoder.scale != cfg.scale:  # the other settings follow the generator; the scale is the task
+                raise CLIError(
+                    f"--decoder-init {cfg.decoder_init} is a x{decoder.scale} generator but --scale is "
+                    f"{cfg.scale}; pass --scale {decoder.scale} to pretrain a x{decoder.scale} AE, or a "
+                    f"x{cfg.scale} generator."
+                )
             self.ae = AutoEncoder.from_decoder(
                 decoder,
                 encoder=cfg.encoder,  # type: ignore[arg-type]
