@@ -988,3 +988,30 @@ def test_a_gray_ae_in_diagnose_and_an_unknown_home_are_one_line_each(tmp_path, c
         assert run_cli(pretrain_main, args) == 2
         assert "a path starts with ~user for a user this machine does not know" in _one_error_line(capsys)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "needle"),
+    [("config", "its config is not a table of settings"), ("scaler", "no scaler"),
+     ("step", "step -5 is not a count of steps"), ("model", "does not fit this run")],
+)  # fmt: skip
+def test_a_checkpoint_that_is_not_quite_a_pretraining_one_is_one_line_on_resume(
+    tmp_path, capsys, damage, needle
+):
+    out = tmp_path / "run"
+    assert pretrain_main(_pretrain_args(out, "--steps", "1", "--save-every", "1")) == 0
+    ckpt = out / "checkpoints" / "last.pt"
+    state = torch.load(ckpt, weights_only=True)
+    if damage == "config":
+        state["config"] = [1, 2]
+    elif damage == "scaler":
+        del state["scaler"]
+    elif damage == "step":
+        state["step"] = -5
+    else:
+        state["model"] = {"w": torch.zeros(1)}
+    torch.save(state, ckpt)
+    before = ckpt.read_bytes()
+    assert run_cli(pretrain_main, _pretrain_args(out, "--steps", "2", "--resume")) == 2
+    assert needle in _one_error_line(capsys)
+    assert ckpt.read_bytes() == before

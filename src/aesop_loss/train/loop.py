@@ -293,15 +293,36 @@ class PretrainRun:
                 "cannot continue from it; the model files beside it hold the last good save. To start "
                 f"over in this folder, delete {self.ckpt}; or choose another --out."
             ) from exc
-        diff = self.cfg.resume_mismatches(state.get("config", {}))
+        keys = ("step", "model", "ema", "optimizer", "scaler", "rng", "config")
+        missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+        step = state.get("step") if isinstance(state, dict) else None
+        if missing or not isinstance(state["config"], dict) or type(step) is not int or step < 0:
+            problem = (
+                f"no {', '.join(missing)}" if missing
+                else "its config is not a table of settings" if not isinstance(state["config"], dict)
+                else f"step {step!r} is not a count of steps"
+            )  # fmt: skip
+            raise CLIError(
+                f"--resume: {self.ckpt} is not a pretraining checkpoint ({problem}); the model files "
+                f"beside it hold the last good save. To start over in this folder, delete {self.ckpt}; "
+                "or choose another --out."
+            )
+        diff = self.cfg.resume_mismatches(state["config"])
         if diff:
             raise CLIError(f"--resume: {self.out} is a run with another configuration: {', '.join(diff)}.")
-        self.ae.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        try:
+            self.ae.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            detail = str(exc).strip().splitlines()[-1].strip()[:200]
+            raise CLIError(
+                f"--resume: {self.ckpt} does not fit this run ({detail}); delete it to start over in this "
+                "folder, or choose another --out."
+            ) from None
         torch.set_rng_state(state["rng"].cpu())
-        self.step = self.saved_step = int(state["step"])
+        self.step = self.saved_step = step
         logger.info("resumed %s at step %d", self.out, self.step)
 
     def ema_decay(self, step: int) -> float:
