@@ -641,3 +641,18 @@ def test_convert_to_trainner_clears_what_a_killed_conversion_left(tmp_path, caps
     assert code == 0, err
     assert not stale.exists()
     assert all(other.read_bytes() == b"not ours to remove" for other in others)
+
+
+@pytest.mark.parametrize("src", ["demo", "FOLDER", "MISSING"])
+def test_convert_to_a_folder_needs_a_checkpoint_file_and_says_so(tmp_path, capsys, src):
+    if src == "FOLDER":
+        AutoEncoder(num_feat=16, num_block=1, num_grow_ch=8).save_pretrained(tmp_path / "ae")
+        src = str(tmp_path / "ae")
+    elif src == "MISSING":
+        src = str(tmp_path / "nothing.pth")
+    code, _, err = _convert(capsys, src, str(tmp_path / "out"))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1
+    assert "convert turns a checkpoint file (.pth or .safetensors) into a model folder" in lines[0]
+    assert not (tmp_path / "out").exists()

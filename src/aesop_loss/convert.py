@@ -157,6 +157,13 @@ def convert(
         CheckpointError: ``src`` is not a readable AE checkpoint.
     """
     src, out_dir = Path(src), Path(out_dir)
+    if not src.is_file():  # checked before anything is loaded: the card records the file's SHA-256
+        what = "a folder" if src.is_dir() else "not a file (a Hub id, 'demo', or a missing path)"
+        raise CLIError(
+            f"SRC {src} is {what}: convert turns a checkpoint file (.pth or .safetensors) into a model "
+            "folder, and a model folder or Hub id needs none (AutoEncoder.from_pretrained reads it as it "
+            "is); --to trainner takes any source."
+        )
     _check_destination(src, out_dir, overwrite=overwrite)
     source = AutoEncoder.from_pretrained(src)
     digest = sha256_file(src)
