@@ -1015,3 +1015,14 @@ def test_a_checkpoint_that_is_not_quite_a_pretraining_one_is_one_line_on_resume(
     assert run_cli(pretrain_main, _pretrain_args(out, "--steps", "2", "--resume")) == 2
     assert needle in _one_error_line(capsys)
     assert ckpt.read_bytes() == before
+
+
+def test_an_out_that_is_a_symlink_is_refused_naming_its_target(tmp_path, capsys):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    assert run_cli(pretrain_main, _pretrain_args(tmp_path / "link", "--steps", "1")) == 2
+    line = _one_error_line(capsys)
+    assert "is a symbolic link" in line
+    assert str(real) in line
+    assert list(real.iterdir()) == []  # nothing written through it

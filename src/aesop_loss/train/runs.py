@@ -136,6 +136,11 @@ class RunFolder:
             RunFolderError: As for ``claim``, except the lock.
         """
         out = self.path
+        if out.is_symlink():  # its writes would land wherever it points (and a later resume would differ)
+            raise RunFolderError(
+                f"--out {out} is a symbolic link (to {os.path.realpath(out)}); the tool never writes through "
+                "links, so pass the folder itself."
+            )
         if out.exists() and not out.is_dir():
             raise RunFolderError(f"--out {out} is a file, not a folder; choose a folder for the run.")
         if not out.is_dir() or not any(out.iterdir()):
