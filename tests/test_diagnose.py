@@ -205,3 +205,33 @@ def test_the_command_shows_progress_and_starts_the_report_on_its_own_line(monkey
     captured = capsys.readouterr()
     assert captured.err.endswith("diagnose: 7/7 images measured\n")
     assert captured.out.startswith("AE: demo\n")
+
+
+def test_images_that_cannot_be_measured_are_skipped_and_the_work_is_bounded(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from aesop_loss.cli import run_cli
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, name in enumerate(("a.png", "b.png", "c.png", "d.png")):
+        (folder / name).write_bytes((IMAGES / sorted(p.name for p in IMAGES.glob("*.png"))[i]).read_bytes())
+    (folder / "broken.png").write_text("not an image")
+    Image.new("RGB", (1, 1)).save(folder / "dot.png")
+    Image.new("RGB", (900, 900), "gray").save(folder / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 360_000)  # over twice that is a decompression bomb
+    with pytest.warns(UserWarning, match="skipping") as seen:
+        code = run_cli(main, ["demo", "--images", str(folder), "--size", "32", "--tiles", "1", "--json"])
+    assert code == 0
+    skipped = sorted(
+        str(w.message).split(":")[0].rsplit("/", 1)[1] for w in seen if "skipping" in str(w.message)
+    )
+    assert skipped == ["bomb.png", "broken.png", "dot.png"]
+    assert json.loads(capsys.readouterr().out)["images"] == 4
+    with pytest.warns(UserWarning, match="demo AE"):
+        code = run_cli(main, ["demo", "--images", str(folder), "--size", "32", "--tiles", "1", "--json",
+                              "--max-images", "3"])  # fmt: skip
+    assert code in (0, 1)  # a verdict (on 32-pixel tiles of two photos), not an error
+    assert json.loads(capsys.readouterr().out)["images"] == 2  # of a, bomb, c: spread over the folder
+    for bad in ("0", "-3"):
+        assert run_cli(main, ["demo", "--images", str(folder), "--max-images", bad]) == 2

@@ -17,7 +17,8 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ from .diagnostics import MAX_SIZE, diagnose
 from .train.config import check_device  # no Pillow needed: the flag checks of the training tool
 
 try:  # image folders are decoded with Pillow, which only the [train] extra installs
-    from .train.data import DataError, list_images, load_image
+    from .train.data import DECODE_ERRORS, DataError, list_images, load_image
 
     _missing = ""
 except ModuleNotFoundError as exc:  # the bundled photos need no Pillow
@@ -39,26 +40,48 @@ except ModuleNotFoundError as exc:  # the bundled photos need no Pillow
 __all__ = ["console_main", "main"]
 
 
-class _Images(Sequence[torch.Tensor]):
-    """The images of a folder, decoded one at a time as ``diagnose`` reaches them (not all at once)."""
+class _Images:
+    """The images of a folder, decoded one at a time as ``diagnose`` reaches them (not all at once).
 
-    def __init__(self, folder: Path) -> None:
+    At most ``limit`` of them, spread evenly over the sorted list; an image that cannot be decoded
+    (truncated, not an image, a decompression bomb) or is smaller than 16 pixels on a side is
+    skipped with a warning, as pretraining skips it.
+    """
+
+    def __init__(self, folder: Path, limit: int) -> None:
         if _missing:
             extra = 'pip install "aesop-loss[train]"'
             raise CLIError(f"--images needs {_missing}, which the training extra installs: {extra}")
         try:
-            self.paths = list_images(folder)
+            paths = list_images(folder)
         except DataError as exc:
             raise CLIError(f"--images {folder}: {exc}") from None
+        if len(paths) > limit:
+            paths = [paths[i * len(paths) // limit] for i in range(limit)]
+        self.folder, self.paths = folder, paths
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> torch.Tensor:  # type: ignore[override]
-        try:
-            return load_image(self.paths[i])
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise CLIError(f"--images: {self.paths[i]} cannot be decoded ({exc}).") from None
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        used = 0
+        for path in self.paths:
+            try:
+                image = load_image(path)
+            except DECODE_ERRORS as exc:
+                warnings.warn(f"skipping {path}: cannot be decoded ({type(exc).__name__}).", stacklevel=2)
+                continue
+            if min(image.shape[-2:]) < _MIN_SIDE:
+                h, w = image.shape[-2:]
+                warnings.warn(f"skipping {path}: {w}x{h} is smaller than {_MIN_SIDE} pixels.", stacklevel=2)
+                continue
+            used += 1
+            yield image
+        if not used:
+            raise CLIError(f"--images {self.folder}: none of its images could be decoded and measured.")
+
+
+_MIN_SIDE = 16  # the smallest tile diagnose measures
 
 
 class _Progress:
@@ -84,6 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("ae", help="the AE: folder, run folder, .pth, .safetensors, Hub id, or 'demo'")
     p.add_argument("--images", type=Path, help="folder of HR images (default: the bundled sample photos)")
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=64,
+        help="measure at most this many of --images, spread over the folder (default 64; each image costs "
+        "about --tiles AE passes of --size)",
+    )
     p.add_argument("--size", type=int, default=128, help="tile size (default 128)")
     p.add_argument(
         "--tiles", type=int, default=4, help="at most this many tiles per image, covering it (default 4)"
@@ -101,7 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 1 <= args.tiles <= 64:
         raise CLIError(f"--tiles {args.tiles}: expected an integer from 1 to 64.")
     check_device(args.device)
-    images = _Images(args.images) if args.images else None
+    if not 1 <= args.max_images <= 100_000:
+        raise CLIError(f"--max-images {args.max_images}: expected an integer from 1 to 100000.")
+    images = _Images(args.images, args.max_images) if args.images else None
     ae = AutoEncoder.from_pretrained(args.ae, device=args.device)
     teacher = AutoEncoder.from_pretrained(args.teacher, device=args.device) if args.teacher else None
     for name, model in ((args.ae, ae), (args.teacher, teacher)):

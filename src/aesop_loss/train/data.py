@@ -44,6 +44,7 @@ from .budget import available_bytes
 
 __all__ = [
     "DATASETS",
+    "DECODE_ERRORS",
     "DISK_CACHE_AUTO_BYTES",
     "CropDataset",
     "DataError",
@@ -356,8 +357,8 @@ def prepare_validation(
 # --- crops ----------------------------------------------------------------------------------------
 
 
-# What decoding an unreadable image raises (truncated, corrupt, a decompression bomb, unknown format).
-_DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
+DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
+"""What decoding an unreadable image raises (truncated, corrupt, a decompression bomb, unknown format)."""
 
 DISK_CACHE_AUTO_BYTES = 200 << 20
 """The on-disk cache is used without being asked when the set's decoded pixels fit this (200 MiB)."""
@@ -380,7 +381,7 @@ def _header(path: Path) -> tuple[int, int] | BaseException:
     try:
         with Image.open(path) as img:  # reads the header only
             return img.size
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         return exc
 
 
@@ -618,7 +619,7 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
             try:
                 hr = self._pixels(self.hr[i])
                 lr = self._pixels(self.lr[i]) if self.lr is not None else None
-            except _DECODE_ERRORS as exc:
+            except DECODE_ERRORS as exc:
                 self._bad.add(i)
                 detail = str(exc).splitlines()[0][:160] if str(exc) else exc.__class__.__name__
                 warnings.warn(f"skipping {self.hr[i]}: cannot be decoded ({detail}).", stacklevel=2)

@@ -36,7 +36,7 @@ from ..resize import make_lr
 from .budget import check_budget
 from .config import PretrainConfig, amp_dtype
 from .data import (
-    _DECODE_ERRORS,
+    DECODE_ERRORS,
     CropDataset,
     DataError,
     SampleStream,
@@ -109,7 +109,7 @@ def _validation_set(paths: list[Path], scale: int, size: int = 512) -> list[tupl
     for path in paths:
         try:
             img = load_image(path)
-        except _DECODE_ERRORS as exc:
+        except DECODE_ERRORS as exc:
             warnings.warn(f"skipping validation image {path}: cannot be decoded ({exc}).", stacklevel=2)
             continue
         h, w = (min(size, d) // scale * scale for d in img.shape[-2:])
