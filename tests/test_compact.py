@@ -284,6 +284,11 @@ def test_decoder_init_of_another_scale_and_distillation_flags_without_a_teacher_
         assert code == 2
         assert f"is a x{scale} generator" in err
         assert "pass --scale 2" in err if scale == 2 else "x4 or x2" in err
+    gray = tmp_path / "gray_x4.pth"
+    gray_net = SRVGGNetCompact(num_in_ch=1, num_out_ch=1, num_feat=16, num_conv=2, scale=4)
+    torch.save({"params": gray_net.state_dict()}, gray)
+    assert run_cli(main, _args(tmp_path / "rungray", "--decoder-init", str(gray), "--steps", "1")) == 2
+    assert "is a generator of 1-channel images" in capsys.readouterr().err
     for flags in (["--distill-noise", "0.1"], ["--distill-weight", "2"]):
         assert run_cli(main, _args(tmp_path / "run", *flags, "--steps", "1")) == 2
         assert "without --teacher they would be ignored" in capsys.readouterr().err

@@ -156,6 +156,12 @@ class PretrainRun:
         if cfg.decoder_init:
             generator = SRVGGNetCompact if cfg.decoder == "compact" else RRDBNet
             decoder = generator.from_pretrained(cfg.decoder_init)
+            channels = decoder.config["num_in_ch"]
+            if channels != 3:
+                raise CLIError(
+                    f"--decoder-init {cfg.decoder_init} is a generator of {channels}-channel images; "
+                    "pretraining reads RGB photos, so pass an RGB generator."
+                )
             if decoder.scale not in (2, 4):
                 raise CLIError(
                     f"--decoder-init {cfg.decoder_init} is a x{decoder.scale} generator; an AE's decoder is "
