@@ -1026,3 +1026,42 @@ def test_an_out_that_is_a_symlink_is_refused_naming_its_target(tmp_path, capsys)
     assert "is a symbolic link" in line
     assert str(real) in line
     assert list(real.iterdir()) == []  # nothing written through it
+
+
+def test_a_failed_model_folder_write_after_the_checkpoint_says_the_checkpoint_is_there(
+    tmp_path, capsys, monkeypatch
+):
+    from aesop_loss import hub
+
+    def full_disk(tensors: object, path: object, metadata: object = None) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hub, "save_safetensors", full_disk)
+    out = tmp_path / "run"
+    assert run_cli(pretrain_main, _pretrain_args(out, "--steps", "1", "--save-every", "1")) == 1
+    line = _one_error_line(capsys)
+    assert "no space left on the device while writing the model files of step 1" in line
+    assert f"its checkpoint {out / 'checkpoints' / 'last.pt'} was written, so --resume continues" in line
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 1
+
+
+_UNDER_A_FILE_SIZE_LIMIT = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+from aesop_loss.pretrain import console_main
+sys.argv = ["pretrain", *sys.argv[1:]]
+sys.exit(console_main())
+"""
+
+
+def test_a_file_size_limit_is_named_as_such(tmp_path):
+    args = _pretrain_args(tmp_path / "run", "--steps", "1", "--save-every", "1")
+    proc = subprocess.run(
+        [sys.executable, "-c", _UNDER_A_FILE_SIZE_LIMIT, *args], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert "would exceed the file-size limit of 20,000 bytes (ulimit -f)" in errors[0]
+    assert "unexpected pos" not in errors[0]

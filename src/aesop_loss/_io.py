@@ -54,10 +54,26 @@ def _reason(exc: BaseException, folder: Path) -> str:
         return "the file system is read-only"
     if code in (errno.EACCES, errno.EPERM):
         return "permission denied"
+    if code == errno.EFBIG or "unexpected pos" in text:  # torch.save's word for a write cut short
+        limit = _file_size_limit()
+        if limit is not None:
+            return f"the file would exceed the file-size limit of {limit:,} bytes (ulimit -f)"
+        if code == errno.EFBIG:
+            return "the file is larger than the file system allows"
     with contextlib.suppress(OSError):
         if shutil.disk_usage(folder).free < _LOW_SPACE:  # the partial file still holds the space
             return "no space left on the device"
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else 'write failed'}"
+
+
+def _file_size_limit() -> int | None:
+    """This process's file-size limit in bytes (``ulimit -f``), or None when there is none."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def _is_write_failure(exc: BaseException) -> bool:

@@ -264,6 +264,11 @@ class PretrainRun:
         try:
             with atomic_path(self.ckpt) as tmp:
                 torch.save(self.state(), tmp)
+        except WriteError as exc:
+            message = f"{exc.strerror} while saving step {self.step}; {self.intact()}"
+            raise CLIError(message, exit_code=1) from exc
+        self.saved_step = self.step
+        try:
             self.ema.is_pretrained = True
             self.ema.save_pretrained(
                 self.out,
@@ -278,9 +283,12 @@ class PretrainRun:
                 ),
             )
         except WriteError as exc:
-            message = f"{exc.strerror} while saving step {self.step}; {self.intact()}"
+            message = (
+                f"{exc.strerror} while writing the model files of step {self.step}; its checkpoint "
+                f"{self.ckpt} was written, so --resume continues from it (the model files may still "
+                "hold an earlier save)."
+            )
             raise CLIError(message, exit_code=1) from exc
-        self.saved_step = self.step
 
     def intact(self) -> str:
         """Which checkpoint a failure left in place, for error messages."""
