@@ -53,6 +53,7 @@ from aesop_loss.train import (
     load_image,
     prepare_data,
     save_labelled,
+    weights_fingerprint,
 )
 
 HERE = Path(__file__).parent
@@ -272,6 +273,7 @@ def train(args: argparse.Namespace, folder: RunFolder) -> int:
     amp = amp_dtype(args.amp)
 
     ae = AutoEncoder.from_pretrained(args.ae, device=device)
+    ae_key = weights_fingerprint(ae)
     if ae.scale != 4:
         raise CLIError(f"--ae is a x{ae.scale} AE; this recipe trains x4 generators.")
     if args.init:
@@ -305,6 +307,11 @@ def train(args: argparse.Namespace, folder: RunFolder) -> int:
                 f"--resume: {state_path} was saved by a run with other settings ({detail}); resume with "
                 "the flags it was started with (--num-feat, --num-block, --init), or choose another --out."
             ) from None
+        if state.get("ae_fingerprint", ae_key) != ae_key:  # the loss's AE, by its weights
+            raise CLIError(
+                f"--resume: the --ae weights differ from those the run in {args.out} trained with; resume "
+                "with the same AE, or choose another --out."
+            )
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"].cpu())  # map_location moved it to --device
         start = state["step"]
@@ -322,7 +329,7 @@ def train(args: argparse.Namespace, folder: RunFolder) -> int:
         )
         state = {"step": step, "g": g.state_dict(), "d": d.state_dict(), "g_ema": g_ema.state_dict()}
         state |= {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "scaler": scaler.state_dict()}
-        state["rng"] = torch.get_rng_state()
+        state["rng"], state["ae_fingerprint"] = torch.get_rng_state(), ae_key
         with atomic_path(state_path) as tmp:
             torch.save(state, tmp)
 

@@ -175,7 +175,7 @@ def test_the_student_starts_from_the_teachers_encoder(teacher_dir, tmp_path):
     assert not any(p.requires_grad for p in run.teacher.parameters())
 
 
-def test_distillation_logs_its_term_and_resumes_exactly(teacher_dir, tmp_path, capsys):
+def test_distillation_logs_its_term_and_resumes_exactly(teacher_dir, tmp_path, capsys, monkeypatch):
     straight, split = tmp_path / "straight", tmp_path / "split"
     common = [
         "--teacher",
@@ -195,10 +195,31 @@ def test_distillation_logs_its_term_and_resumes_exactly(teacher_dir, tmp_path, c
     assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
     logs = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     assert [round(m["loss_distill"], 6) > 0 for m in logs if "loss_rec" in m] == [True, True, True]
-    # a resumed run must keep its teacher and the distillation weight
-    code = run_cli(main, _args(split, "--teacher", "demo", "--save-every", "3", "--steps", "9", "--resume"))
+    # a resumed run must keep its teacher's weights (whatever path names them) and the distillation weight
+    others = [
+        "--distill-weight",
+        "2",
+        "--distill-noise",
+        "0.1",
+        "--save-every",
+        "3",
+        "--steps",
+        "9",
+        "--resume",
+    ]
+    capsys.readouterr()
+    assert run_cli(main, _args(split, "--teacher", "demo", *others)) == 2
+    assert "the --teacher weights changed since" in capsys.readouterr().err
+    code = run_cli(
+        main, _args(split, "--teacher", str(teacher_dir), "--save-every", "3", "--steps", "9", "--resume")
+    )
     assert code == 2
-    assert f"teacher={str(teacher_dir)!r} (now 'demo')" in capsys.readouterr().err
+    assert "distill_weight=2.0 (now 1.0)" in capsys.readouterr().err
+    monkeypatch.chdir(teacher_dir.parent)  # the same teacher by another spelling of its path resumes
+    assert (
+        main(_args(split, "--teacher", f"./{teacher_dir.name}/", *others[:-3], "--steps", "7", "--resume"))
+        == 0
+    )
 
 
 def test_distillation_under_amp_is_finite(teacher_dir, tmp_path):

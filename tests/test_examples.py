@@ -156,6 +156,7 @@ def test_train_esrgan_resume_of_another_or_a_damaged_state_is_one_line(tmp_path,
     cases = [
         (["--num-feat", "32"], None, "was saved by a run with other settings"),
         (["--num-block", "2"], None, "was saved by a run with other settings"),
+        (["--ae", "demo-compact"], None, "the --ae weights differ from those the run"),
         ([], good[: len(good) // 2], "cannot be read"),  # truncated
         ([], "step", "step -5 is not a count of steps"),
         ([], "scaler", "no scaler"),

@@ -522,3 +522,32 @@ def test_a_run_without_any_rrdb_writes_a_folder_that_loads(tmp_path):
     assert main([*_args(out), *flags]) == 0
     ae = AutoEncoder.from_pretrained(out)
     assert (ae.config["encoder"], ae.config["decoder"], ae.config["num_grow_ch"]) == ("bicubic", "compact", 8)
+
+
+def test_resume_refuses_a_data_folder_whose_files_changed(tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("brick.png", "grass.png"):
+        shutil.copy(IMAGES / name, data / name)
+    out = tmp_path / "run"
+    args = [
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *TINY,
+        "--val",
+        "none",
+        "--batch-size",
+        "1",
+        "--save-every",
+        "1",
+    ]
+    assert main([*args, "--steps", "1"]) == 0
+    shutil.copy(IMAGES / "gravel.png", data / "gravel.png")  # the set grew: the sample stream would differ
+    assert run_cli(main, [*args, "--steps", "2", "--resume"]) == 2
+    assert "the files of --data (added, removed or rewritten) changed since" in capsys.readouterr().err
+    (data / "gravel.png").unlink()
+    assert main([*args, "--steps", "2", "--resume"]) == 0  # as it was: resumes

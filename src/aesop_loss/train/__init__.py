@@ -18,7 +18,7 @@ from __future__ import annotations
 from .._io import WriteError, atomic_path
 from .config import AMP_DTYPES, PretrainConfig, amp_dtype, check_device
 from .ema import ema_update
-from .runs import RunFolder, RunFolderError
+from .runs import RunFolder, RunFolderError, files_fingerprint, weights_fingerprint
 from .signals import StopRequest, ignore_stop_signals
 
 try:  # the data pipeline and the loop need Pillow and tqdm: the [train] extra
@@ -58,10 +58,12 @@ __all__ = [
     "check_out_outside_data",
     "collate_crops",
     "ema_update",
+    "files_fingerprint",
     "ignore_stop_signals",
     "list_images",
     "load_image",
     "prepare_data",
     "save_labelled",
     "train",
+    "weights_fingerprint",
 ]

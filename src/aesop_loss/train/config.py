@@ -154,7 +154,7 @@ class PretrainConfig:
     teacher: str | None = _opt(
         None, "distil from this AE (folder, file, Hub id, demo): adds --distill-weight * "
         "L1(AE(HR), teacher(HR)); a student with the teacher's encoder shape starts from its encoder",
-        1, resume=True, metavar="AE",
+        1, metavar="AE",  # a resumed run compares the teacher's weights, not its path
     )  # fmt: skip
     distill_weight: float = _opt(
         1.0, "weight of the distillation term (with --teacher)", 2, resume=True, low=0.0

@@ -47,7 +47,7 @@ from .data import (
     prepare_validation,
 )
 from .ema import ema_update
-from .runs import RunFolder
+from .runs import RunFolder, files_fingerprint, weights_fingerprint
 from .signals import StopRequest, ignore_stop_signals
 
 __all__ = ["Distributed", "PretrainRun", "load_teacher", "train"]
@@ -186,6 +186,10 @@ class PretrainRun:
         else:
             self.ae = AutoEncoder(**arch)
         self.teacher = teacher if teacher is not None else load_teacher(cfg)
+        # what a resumed run must find unchanged, by content (a path can name other weights or files)
+        self.fingerprints: dict[str, str | None] = {
+            "teacher": weights_fingerprint(self.teacher) if self.teacher is not None else None
+        }
         if self.teacher is not None:
             self.teacher.to(env.device)
             own = {k: v for k, v in self.ae.config.items() if k in _ENCODER_SHAPE}
@@ -242,6 +246,7 @@ class PretrainRun:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "config": self.cfg.resume_signature(),
+            "fingerprints": self.fingerprints,
             "rng": torch.get_rng_state(),
         }
 
@@ -324,6 +329,17 @@ class PretrainRun:
         diff = self.cfg.resume_mismatches(state["config"])
         if diff:
             raise CLIError(f"--resume: {self.out} is a run with another configuration: {', '.join(diff)}.")
+        saved = state.get("fingerprints") or {}  # none in checkpoints from before they were kept
+        changed = [k for k, v in self.fingerprints.items() if k in saved and saved[k] != v]
+        if changed:
+            what = {
+                "teacher": "the --teacher weights",
+                "data": "the files of --data (added, removed or rewritten)",
+            }
+            raise CLIError(
+                f"--resume: {' and '.join(what[k] for k in changed)} changed since {self.ckpt} was saved, so "
+                "the run would not continue as it began; restore them, or start a new run in another --out."
+            )
         try:
             self.ae.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
@@ -521,6 +537,7 @@ def _train(cfg: PretrainConfig, env: Distributed, folder: RunFolder, teacher: Au
         raise CLIError(str(exc)) from exc
     out = Path(cfg.out)
     run = PretrainRun(cfg, env, teacher=teacher)
+    run.fingerprints["data"] = files_fingerprint([*images.hr, *(images.lr or [])])
     if cfg.resume:
         run.load()
     elif (out / "checkpoints" / "last.pt").exists():

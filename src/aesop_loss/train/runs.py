@@ -22,6 +22,7 @@ A training tool (``python -m aesop_loss.pretrain``, ``examples/train_esrgan.py``
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -29,13 +30,13 @@ import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 from .._io import atomic_write_text, remove_stale_temps
 from .._version import __version__
 from ..cli import CLIError
 
-__all__ = ["RunFolder", "RunFolderError"]
+__all__ = ["RunFolder", "RunFolderError", "files_fingerprint", "weights_fingerprint"]
 
 MARKER_NAME = ".aesop-run.json"
 LOCK_NAME = ".lock"
@@ -338,3 +339,39 @@ def _shared(folder: Path, name: str) -> str:
         "one of yours), and the tool never writes into such a file; nothing was written to it. Remove "
         f"{folder / name} and run again."
     )
+
+
+def weights_fingerprint(model: Any) -> str:
+    """A digest of a module's weights (names, dtypes, shapes and bytes): the same weights, wherever
+    they were loaded from, give the same digest.
+
+    Examples:
+        >>> import torch
+        >>> a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+        >>> b.load_state_dict(a.state_dict())
+        <All keys matched successfully>
+        >>> same, other = weights_fingerprint(b), weights_fingerprint(torch.nn.Linear(2, 2))
+        >>> weights_fingerprint(a) == same, weights_fingerprint(a) == other
+        (True, False)
+    """
+    from .._io import tensor_bytes
+
+    digest = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        tensor = value.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor_bytes(tensor))
+    return digest.hexdigest()
+
+
+def files_fingerprint(paths: Iterable[Path]) -> str:
+    """A digest of a set of files by name, size and modification time: a file added, removed or
+    rewritten changes it (their bytes are not read, so it costs one ``stat`` per file)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(p).resolve() for p in paths):
+        try:
+            stat = path.stat()
+            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}|missing\n".encode())
+    return digest.hexdigest()
