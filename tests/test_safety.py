@@ -1065,3 +1065,18 @@ def test_a_file_size_limit_is_named_as_such(tmp_path):
     assert len(errors) == 1
     assert "would exceed the file-size limit of 20,000 bytes (ulimit -f)" in errors[0]
     assert "unexpected pos" not in errors[0]
+
+
+def test_an_ae_too_big_for_the_machine_is_refused_before_it_is_built(tmp_path, capsys, monkeypatch):
+    from aesop_loss.train import budget
+
+    monkeypatch.setattr(budget, "available_bytes", lambda device: 100 << 20)  # 100 MiB free
+    probes = []
+    monkeypatch.setattr(budget, "_saved_bytes", lambda *a: probes.append(a) or 0)  # the measuring step
+    args = ["--data", str(IMAGES), "--out", str(tmp_path / "run"), "--val", "none", "--steps", "1"]
+    for arch in (["--num-feat", "64", "--num-block", "23", "--num-grow-ch", "32"],  # the paper's AE: 363 MB
+                 ["--decoder", "compact", "--num-feat", "256", "--num-block", "64"]):  # fmt: skip
+        assert run_cli(pretrain_main, [*args, *arch]) == 2
+        assert "weights, gradients, Adam state and EMA alone need about" in _one_error_line(capsys)
+    assert probes == []  # refused from the architecture, before an AE was allocated
+    assert not (tmp_path / "run").exists()

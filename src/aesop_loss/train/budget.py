@@ -29,6 +29,7 @@ __all__ = ["Estimate", "available_bytes", "check_budget", "estimate"]
 logger = logging.getLogger(__name__)
 
 _PROBE_CROP = 64  # HR crop of the measuring step: small enough for any machine
+_ARCH_KEYS = ("num_feat", "num_block", "num_grow_ch", "scale", "encoder", "decoder")  # AutoEncoder's
 _SLOW_CPU_RUN_S = 2 * 3600  # a CPU run expected to take longer than this gets the one-line notice
 
 
@@ -109,9 +110,7 @@ def estimate(cfg: PretrainConfig, device: torch.device, *, teacher: AutoEncoder 
         >>> e.step_bytes > 0, e.run_seconds == 10 * e.step_seconds
         (True, True)
     """
-    arch = {
-        k: getattr(cfg, k) for k in ("num_feat", "num_block", "num_grow_ch", "scale", "encoder", "decoder")
-    }
+    arch = {k: getattr(cfg, k) for k in _ARCH_KEYS}
     with torch.random.fork_rng(devices=[]):  # the run's seeded initialisation stays untouched
         ae = AutoEncoder(**arch)
     probe = min(_PROBE_CROP, cfg.crop) // cfg.scale * cfg.scale
@@ -121,10 +120,7 @@ def estimate(cfg: PretrainConfig, device: torch.device, *, teacher: AutoEncoder 
     # what autograd keeps already bounds the peak from above (paper AE at 2 x 128^2 on a CPU:
     # estimate 1.35 GiB, measured peak RSS growth about 1.0 GiB), so no margin is added
     activations = _saved_bytes(ae, probe) * pixels * passes
-    n_params = sum(p.numel() for p in ae.parameters())
-    states = 5 * 4 * n_params  # weights, gradients, Adam's two moments, EMA (fp32)
-    if teacher is not None:
-        states += 4 * sum(p.numel() for p in teacher.parameters())
+    states = _state_bytes(cfg, teacher)
     inputs = 4 * cfg.batch_size * 3 * cfg.crop**2 * (1 + 1 / cfg.scale**2) * passes
     # time = fixed cost + cost per pixel, from two probe sizes (one small step is mostly fixed cost)
     t_big = _probe_seconds(ae, device, probe)
@@ -136,6 +132,18 @@ def estimate(cfg: PretrainConfig, device: torch.device, *, teacher: AutoEncoder 
     step_seconds = (fixed + per_pixel * cfg.batch_size * cfg.crop**2) * passes
     steps_left = max(cfg.steps, 0)
     return Estimate(activations + states + inputs, step_seconds, step_seconds * steps_left)
+
+
+def _state_bytes(cfg: PretrainConfig, teacher: AutoEncoder | None) -> int:
+    """Weights, gradients, Adam's two moments and the EMA (fp32), plus a teacher's weights: from the
+    architecture alone (built on the ``meta`` device, which allocates nothing)."""
+    arch = {
+        k: getattr(cfg, k) for k in ("num_feat", "num_block", "num_grow_ch", "scale", "encoder", "decoder")
+    }
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in AutoEncoder(**arch).parameters())
+    teacher_params = sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0
+    return 5 * 4 * n_params + 4 * teacher_params
 
 
 def _human_time(seconds: float) -> str:
@@ -171,10 +179,17 @@ def check_budget(
     Raises:
         CLIError: The step needs more memory than is available (without ``force``).
     """
-    est = estimate(cfg, device, teacher=teacher)
     free = available_bytes(device)
     gib = 2**30
     where = "GPU" if device.type == "cuda" else "RAM"
+    states = _state_bytes(cfg, teacher)  # before anything is allocated: the measuring step builds the AE
+    if free is not None and states > free and not force:
+        raise CLIError(
+            f"this AE's weights, gradients, Adam state and EMA alone need about {states / gib:.1f} GiB but "
+            f"{free / gib:.1f} GiB of {where} is free; lower --num-feat, --num-block or --num-grow-ch, try "
+            "--preset tiny or --preset demo, or pass --force to run anyway."
+        )
+    est = estimate(cfg, device, teacher=teacher)
     if free is not None and est.step_bytes > free and not force:
         raise CLIError(
             f"this configuration needs about {est.step_bytes / gib:.1f} GiB per step (batch "
