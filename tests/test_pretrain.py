@@ -477,6 +477,7 @@ def test_a_step_that_cannot_fit_is_refused_before_anything_is_written(tmp_path, 
     import aesop_loss.train.budget as budget
 
     monkeypatch.setattr(budget, "available_bytes", lambda device: 2**20)  # 1 MiB free
+    monkeypatch.setattr(budget, "_state_bytes", lambda cfg, teacher: 0)  # past the weights-only check
     out = tmp_path / "run"
     assert run_cli(main, [*_args(out), "--steps", "1", "--batch-size", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
