@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from aesop_loss import AESOPLoss, AutoEncoder, CheckpointError, SRVGGNetCompact
+from aesop_loss import AESOPLoss, AutoEncoder, CheckpointError, RRDBNet, SRVGGNetCompact
 from aesop_loss.cli import run_cli
 from aesop_loss.diagnose import main as diagnose_main
 from aesop_loss.diagnostics import Diagnosis, gradient_agreement
@@ -305,6 +305,12 @@ def test_decoder_init_of_another_scale_and_distillation_flags_without_a_teacher_
         assert code == 2
         assert f"is a x{scale} generator" in err
         assert "pass --scale 2" in err if scale == 2 else "x4 or x2" in err
+    wide = tmp_path / "wide_x4.pth"  # an RRDB generator of width 24: not a multiple of 4**2
+    torch.save({"params": RRDBNet(num_feat=24, num_block=1, num_grow_ch=8).state_dict()}, wide)
+    small = ["--steps", "1", "--crop", "32", "--batch-size", "1", "--workers", "0", "--val", "none"]
+    argv = ["--data", str(IMAGES), "--out", str(tmp_path / "runwide"), "--decoder-init", str(wide), *small]
+    assert run_cli(main, argv) == 2
+    assert "num_feat=24 must be divisible by scale**2=16" in capsys.readouterr().err
     gray = tmp_path / "gray_x4.pth"
     gray_net = SRVGGNetCompact(num_in_ch=1, num_out_ch=1, num_feat=16, num_conv=2, scale=4)
     torch.save({"params": gray_net.state_dict()}, gray)

@@ -210,6 +210,7 @@ def test_the_command_shows_progress_and_starts_the_report_on_its_own_line(monkey
 def test_images_that_cannot_be_measured_are_skipped_and_the_work_is_bounded(tmp_path, capsys, monkeypatch):
     from PIL import Image
 
+    import aesop_loss.diagnose as diagnose_module
     from aesop_loss.cli import run_cli
 
     folder = tmp_path / "imgs"
@@ -219,19 +220,21 @@ def test_images_that_cannot_be_measured_are_skipped_and_the_work_is_bounded(tmp_
     (folder / "broken.png").write_text("not an image")
     Image.new("RGB", (1, 1)).save(folder / "dot.png")
     Image.new("RGB", (900, 900), "gray").save(folder / "bomb.png")
+    Image.new("RGB", (600, 600), "gray").save(folder / "huge.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 360_000)  # over twice that is a decompression bomb
+    monkeypatch.setattr(diagnose_module, "_MAX_PIXELS", 300_000)  # 64 MP in use: huge.png is over it
     with pytest.warns(UserWarning, match="skipping") as seen:
         code = run_cli(main, ["demo", "--images", str(folder), "--size", "32", "--tiles", "1", "--json"])
     assert code == 0
     skipped = sorted(
         str(w.message).split(":")[0].rsplit("/", 1)[1] for w in seen if "skipping" in str(w.message)
     )
-    assert skipped == ["bomb.png", "broken.png", "dot.png"]
+    assert skipped == ["bomb.png", "broken.png", "dot.png", "huge.png"]
     assert json.loads(capsys.readouterr().out)["images"] == 4
     with pytest.warns(UserWarning, match="demo AE"):
         code = run_cli(main, ["demo", "--images", str(folder), "--size", "32", "--tiles", "1", "--json",
                               "--max-images", "3"])  # fmt: skip
     assert code in (0, 1)  # a verdict (on 32-pixel tiles of two photos), not an error
-    assert json.loads(capsys.readouterr().out)["images"] == 2  # of a, bomb, c: spread over the folder
+    assert json.loads(capsys.readouterr().out)["images"] == 2  # of a, bomb, d: spread over the folder
     for bad in ("0", "-3"):
         assert run_cli(main, ["demo", "--images", str(folder), "--max-images", bad]) == 2

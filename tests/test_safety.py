@@ -988,6 +988,8 @@ def test_a_gray_ae_in_diagnose_and_an_unknown_home_are_one_line_each(tmp_path, c
         assert run_cli(pretrain_main, args) == 2
         assert "a path starts with ~user for a user this machine does not know" in _one_error_line(capsys)
     assert not (tmp_path / "r").exists()
+    assert run_cli(diagnose_main, ["~no_such_user_here/ae"]) == 2  # an AE named that way
+    assert "a path starts with ~user" in _one_error_line(capsys)
 
 
 @pytest.mark.parametrize(

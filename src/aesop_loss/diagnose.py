@@ -29,6 +29,8 @@ from .diagnostics import MAX_SIZE, diagnose
 from .train.config import check_device  # no Pillow needed: the flag checks of the training tool
 
 try:  # image folders are decoded with Pillow, which only the [train] extra installs
+    from PIL import Image
+
     from .train.data import DECODE_ERRORS, DataError, list_images, load_image
 
     _missing = ""
@@ -67,6 +69,15 @@ class _Images:
         used = 0
         for path in self.paths:
             try:
+                with Image.open(path) as header:  # its size first: decoding a huge image takes minutes
+                    width, height = header.size
+                if width * height > _MAX_PIXELS:
+                    warnings.warn(
+                        f"skipping {path}: {width}x{height} is over {_MAX_PIXELS // 10**6} megapixels; "
+                        "diagnose measures tiles of at most 512 pixels, so crop it first.",
+                        stacklevel=2,
+                    )
+                    continue
                 image = load_image(path)
             except DECODE_ERRORS as exc:
                 warnings.warn(f"skipping {path}: cannot be decoded ({type(exc).__name__}).", stacklevel=2)
@@ -82,6 +93,7 @@ class _Images:
 
 
 _MIN_SIDE = 16  # the smallest tile diagnose measures
+_MAX_PIXELS = 64 * 10**6  # larger images are skipped: decoding one takes longer than measuring 64 others
 
 
 class _Progress:
