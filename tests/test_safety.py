@@ -890,26 +890,69 @@ sys.exit(console_main())
 """
 
 
-@pytest.mark.parametrize("action", ["checkpoints-symlink", "metrics-symlink", "metrics-hardlink"])
-def test_a_link_that_appears_during_a_run_is_never_written_through(tmp_path, action):
+def _swap(action: str, out: Path, users: Path) -> None:
+    """What another process does to the run folder after the first save."""
+    if action == "checkpoints-symlink":
+        shutil.rmtree(out / "checkpoints")
+        os.symlink(users, out / "checkpoints")
+    elif action == "metrics-symlink":
+        (out / "metrics.jsonl").unlink()
+        os.symlink(users / "notes.txt", out / "metrics.jsonl")
+    else:
+        (out / "metrics.jsonl").unlink()
+        os.link(users / "notes.txt", out / "metrics.jsonl")
+
+
+def _users_files(tmp_path: Path) -> Path:
     users = tmp_path / "users"
     users.mkdir()
     (users / "last.pt").write_bytes(b"the user's own file")
     (users / "notes.txt").write_text("the user's notes\n")
-    out = tmp_path / "run"
+    return users
+
+
+def _untouched(users: Path) -> bool:
+    return (
+        (users / "last.pt").read_bytes() == b"the user's own file"
+        and (users / "notes.txt").read_text() == "the user's notes\n"
+        and sorted(p.name for p in users.iterdir()) == ["last.pt", "notes.txt"]
+    )
+
+
+def test_a_link_that_appears_during_a_run_with_workers_is_never_written_through(tmp_path):
+    # a real process with 2 DataLoader workers; checkpoints/ becomes a link to the user's folder
+    users, out = _users_files(tmp_path), tmp_path / "run"
     args = _pretrain_args(out, "--workers", "2", "--steps", "4", "--save-every", "1", "--log-every", "1")
     proc = subprocess.run(
-        [sys.executable, "-c", _SWAP_DURING_RUN, action, str(out), str(users), *args],
+        [sys.executable, "-c", _SWAP_DURING_RUN, "checkpoints-symlink", str(out), str(users), *args],
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1
-    assert ("symbolic link" in errors[0]) if action.endswith("symlink") else ("hard link" in errors[0])
-    assert (users / "last.pt").read_bytes() == b"the user's own file"
-    assert (users / "notes.txt").read_text() == "the user's notes\n"
-    assert sorted(p.name for p in users.iterdir()) == ["last.pt", "notes.txt"]
+    assert "symbolic link" in errors[0]
+    assert _untouched(users)
+
+
+@pytest.mark.parametrize("action", ["metrics-symlink", "metrics-hardlink"])
+def test_a_log_that_becomes_a_link_during_a_run_is_never_written_to(tmp_path, capsys, monkeypatch, action):
+    from aesop_loss.train import loop
+
+    users, out = _users_files(tmp_path), tmp_path / "run"
+    real = loop.PretrainRun.train_step
+
+    def train_step(self, hr, lr):  # type: ignore[no-untyped-def]
+        if self.step == 2:
+            _swap(action, out, users)
+        return real(self, hr, lr)
+
+    monkeypatch.setattr(loop.PretrainRun, "train_step", train_step)
+    args = _pretrain_args(out, "--steps", "4", "--save-every", "1", "--log-every", "1")
+    assert run_cli(pretrain_main, args) == 1
+    line = _one_error_line(capsys)
+    assert ("symbolic link" in line) if action.endswith("symlink") else ("hard link" in line)
+    assert _untouched(users)
 
 
 def test_a_hard_linked_lock_is_not_truncated_on_resume(tmp_path, capsys):

@@ -32,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from .._io import atomic_write_text, remove_stale_temps
+from .._io import atomic_write_text, remove_stale_temps, tensor_bytes
 from .._version import __version__
 from ..cli import CLIError
 
@@ -354,8 +354,6 @@ def weights_fingerprint(model: Any) -> str:
         >>> weights_fingerprint(a) == same, weights_fingerprint(a) == other
         (True, False)
     """
-    from .._io import tensor_bytes
-
     digest = hashlib.sha256()
     for name, value in sorted(model.state_dict().items()):
         tensor = value.detach().to("cpu").contiguous()
