@@ -177,16 +177,8 @@ def test_the_student_starts_from_the_teachers_encoder(teacher_dir, tmp_path):
 
 def test_distillation_logs_its_term_and_resumes_exactly(teacher_dir, tmp_path, capsys, monkeypatch):
     straight, split = tmp_path / "straight", tmp_path / "split"
-    common = [
-        "--teacher",
-        str(teacher_dir),
-        "--distill-weight",
-        "2",
-        "--distill-noise",
-        "0.1",
-        "--save-every",
-        "3",
-    ]
+    distill = ["--distill-weight", "2", "--distill-noise", "0.1", "--save-every", "3"]
+    common = ["--teacher", str(teacher_dir), *distill]
     assert main(_args(straight, *common, "--steps", "6")) == 0
     assert main(_args(split, *common, "--steps", "3")) == 0
     assert main(_args(split, *common, "--steps", "6", "--resume")) == 0
@@ -196,17 +188,7 @@ def test_distillation_logs_its_term_and_resumes_exactly(teacher_dir, tmp_path, c
     logs = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     assert [round(m["loss_distill"], 6) > 0 for m in logs if "loss_rec" in m] == [True, True, True]
     # a resumed run must keep its teacher's weights (whatever path names them) and the distillation weight
-    others = [
-        "--distill-weight",
-        "2",
-        "--distill-noise",
-        "0.1",
-        "--save-every",
-        "3",
-        "--steps",
-        "9",
-        "--resume",
-    ]
+    others = [*distill, "--steps", "9", "--resume"]
     capsys.readouterr()
     assert run_cli(main, _args(split, "--teacher", "demo", *others)) == 2
     assert "the --teacher weights changed since" in capsys.readouterr().err
@@ -216,10 +198,8 @@ def test_distillation_logs_its_term_and_resumes_exactly(teacher_dir, tmp_path, c
     assert code == 2
     assert "distill_weight=2.0 (now 1.0)" in capsys.readouterr().err
     monkeypatch.chdir(teacher_dir.parent)  # the same teacher by another spelling of its path resumes
-    assert (
-        main(_args(split, "--teacher", f"./{teacher_dir.name}/", *others[:-3], "--steps", "7", "--resume"))
-        == 0
-    )
+    again = _args(split, "--teacher", f"./{teacher_dir.name}/", *distill, "--steps", "7", "--resume")
+    assert main(again) == 0
 
 
 def test_distillation_under_amp_is_finite(teacher_dir, tmp_path):

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from aesop_loss._io import save_safetensors
 from aesop_loss.resize import imresize, make_lr
 from aesop_loss.train import data as data_mod
 from aesop_loss.train.data import (
@@ -309,17 +310,23 @@ def test_disk_cache_is_capped_used_unasked_only_for_small_sets_and_pruned(tmp_pa
     images = _folder_of_pngs(tmp_path / "data", 10)  # 9,216 bytes each decoded
     cache = tmp_path / "cache"
     cache.mkdir()
-    stale = cache / ("0" * 16 + ".safetensors")
-    stale.write_bytes(b"a cache entry of another set")
+    stale = cache / ("0" * 16 + ".safetensors")  # an entry of this cache for another set
+    save_safetensors(
+        {"pixels": torch.zeros(3, 4, 4, dtype=torch.uint8)}, stale, metadata=data_mod._CACHE_MARK
+    )
     users = cache / "notes.txt"
     users.write_text("not ours")
+    lookalike = cache / ("1" * 16 + ".safetensors")  # named like an entry, but without the cache's mark
+    save_safetensors({"w": torch.zeros(1)}, lookalike)
+    lookalike_bytes = lookalike.read_bytes()
     ds = CropDataset(images, crop=32, scale=4, seed=0, cache_dir=cache, ram_cache_bytes=0,
                      disk_cache_bytes=4 * 9216)  # fmt: skip
     assert not stale.exists()  # an entry of this cache that the set does not use
     assert users.read_text() == "not ours"  # any other file is left alone
+    assert lookalike.read_bytes() == lookalike_bytes
     for g in range(40):
         ds[g]
-    entries = list(cache.glob("*.safetensors"))
+    entries = [e for e in cache.glob("*.safetensors") if e != lookalike]
     assert len(entries) == 4  # the cap: the first four images of the list
     assert sum(e.stat().st_size for e in entries) <= 4 * 9216 + 4 * 256  # pixels plus headers
     off = CropDataset(images, crop=32, scale=4, seed=0, cache_dir=tmp_path / "off", disk_cache_bytes=0)

@@ -632,9 +632,10 @@ def test_a_class_registered_under_another_name_pickles(ae_dir):
 def test_convert_to_trainner_clears_what_a_killed_conversion_left(tmp_path, capsys):
     AutoEncoder(num_feat=32, num_block=1, num_grow_ch=32).save_pretrained(tmp_path / "ae")
     out = tmp_path / "ae_trainner.safetensors"
-    stale = tmp_path / ".ae_trainner.safetensors.k1ll3d.tmp"  # atomic_path's temp of a killed run
+    stale = tmp_path / ".ae_trainner.safetensors.k1ll3d_0.tmp"  # atomic_path's temp of a killed run
     stale.write_bytes(b"\0" * 4096)
-    others = [tmp_path / ".other.safetensors.abcd.tmp", tmp_path / "ae_trainner.safetensors.tmp"]
+    others = [tmp_path / ".other.safetensors.abcd.tmp", tmp_path / "ae_trainner.safetensors.tmp",
+              tmp_path / ".ae_trainner.safetensors.my-notes.tmp"]  # fmt: skip  # not atomic_path's names
     for other in others:
         other.write_bytes(b"not ours to remove")
     code, _, err = _convert(capsys, str(tmp_path / "ae"), str(out), "--to", "trainner")

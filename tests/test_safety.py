@@ -403,8 +403,8 @@ def test_second_run_on_a_folder_is_refused_and_kill_9_does_not_block_resume(tmp_
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     ckpt = out / "checkpoints"
-    (ckpt / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")  # what a kill mid-save leaves
-    (out / ".model.safetensors.x1y2.tmp").write_bytes(b"half a model")
+    (ckpt / ".last.pt.abc123_x.tmp").write_bytes(b"half a checkpoint")  # what a kill mid-save leaves
+    (out / ".model.safetensors.x1y2_abc.tmp").write_bytes(b"half a model")
     step = int(torch.load(ckpt / "last.pt", weights_only=True)["step"])
     assert pretrain_main(_pretrain_args(out, "--steps", str(step + 2), "--log-every", "1", "--resume")) == 0
     assert sorted(p.name for p in ckpt.iterdir()) == ["last.pt"]
@@ -864,43 +864,30 @@ import os, shutil, sys
 from pathlib import Path
 from aesop_loss.train import loop
 
-action, out, users = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+out, users = Path(sys.argv[1]), Path(sys.argv[2])
 real = loop.PretrainRun.train_step
 
 
 def train_step(self, hr, lr):
-    if self.step == 2:  # after the first save, something else changes the run folder
-        if action == "checkpoints-symlink":
-            shutil.rmtree(out / "checkpoints")
-            os.symlink(users, out / "checkpoints")
-        elif action == "metrics-symlink":
-            (out / "metrics.jsonl").unlink()
-            os.symlink(users / "notes.txt", out / "metrics.jsonl")
-        elif action == "metrics-hardlink":
-            (out / "metrics.jsonl").unlink()
-            os.link(users / "notes.txt", out / "metrics.jsonl")
+    if self.step == 2:  # after the first save, checkpoints/ becomes a link to the user's folder
+        shutil.rmtree(out / "checkpoints")
+        os.symlink(users, out / "checkpoints")
     return real(self, hr, lr)
 
 
 loop.PretrainRun.train_step = train_step
 from aesop_loss.pretrain import console_main
 
-sys.argv = ["pretrain", *sys.argv[4:]]
+sys.argv = ["pretrain", *sys.argv[3:]]
 sys.exit(console_main())
 """
 
 
 def _swap(action: str, out: Path, users: Path) -> None:
-    """What another process does to the run folder after the first save."""
-    if action == "checkpoints-symlink":
-        shutil.rmtree(out / "checkpoints")
-        os.symlink(users, out / "checkpoints")
-    elif action == "metrics-symlink":
-        (out / "metrics.jsonl").unlink()
-        os.symlink(users / "notes.txt", out / "metrics.jsonl")
-    else:
-        (out / "metrics.jsonl").unlink()
-        os.link(users / "notes.txt", out / "metrics.jsonl")
+    """What another process does to the run's log after the first save."""
+    (out / "metrics.jsonl").unlink()
+    link = os.symlink if action == "metrics-symlink" else os.link
+    link(users / "notes.txt", out / "metrics.jsonl")
 
 
 def _users_files(tmp_path: Path) -> Path:
@@ -924,7 +911,7 @@ def test_a_link_that_appears_during_a_run_with_workers_is_never_written_through(
     users, out = _users_files(tmp_path), tmp_path / "run"
     args = _pretrain_args(out, "--workers", "2", "--steps", "4", "--save-every", "1", "--log-every", "1")
     proc = subprocess.run(
-        [sys.executable, "-c", _SWAP_DURING_RUN, "checkpoints-symlink", str(out), str(users), *args],
+        [sys.executable, "-c", _SWAP_DURING_RUN, str(out), str(users), *args],
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr[-2000:]

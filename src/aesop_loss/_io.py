@@ -139,7 +139,8 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 def remove_stale_temps(folder: str | os.PathLike[str], names: Iterable[str]) -> list[Path]:
     """Remove the temporary files that ``atomic_path`` left for ``names`` in ``folder`` (a killed run's).
 
-    Only ``.NAME.*.tmp`` for the given names is touched; call it while holding the folder's lock.
+    Only names ``atomic_path`` makes are touched: ``.NAME.`` then ``mkstemp``'s 8 random characters
+    then ``.tmp``, for the given names (``"*"``: any name); call it while holding the folder's lock.
 
     Returns:
         The removed files.
@@ -147,8 +148,9 @@ def remove_stale_temps(folder: str | os.PathLike[str], names: Iterable[str]) -> 
     folder = Path(folder)
     removed = []
     for name in names:
+        ours = re.compile(r"\.(.+)\.[a-z0-9_]{8}" if name == "*" else re.escape(f".{name}.") + "[a-z0-9_]{8}")
         for stale in folder.glob(f".{name}.*{_TMP_SUFFIX}"):
-            if stale.is_file():
+            if ours.fullmatch(stale.name[: -len(_TMP_SUFFIX)]) and stale.is_file() and not stale.is_symlink():
                 stale.unlink(missing_ok=True)
                 removed.append(stale)
     return removed

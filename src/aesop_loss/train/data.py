@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler, get_worker_info
@@ -413,6 +414,20 @@ def _read_headers(files: Sequence[Path], crop: int, what: str) -> dict[int, tupl
     return keep
 
 
+_CACHE_MARK = {"aesop_loss": "decoded image"}  # in each cache entry's header: what pruning may remove
+
+
+def _our_cache_entry(path: Path) -> bool:
+    """Whether ``path`` is a plain file whose safetensors header carries this cache's mark."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return (fh.metadata() or {}).get("aesop_loss") == _CACHE_MARK["aesop_loss"]
+    except Exception:  # not a safetensors file: not ours to remove
+        return False
+
+
 class _LRUBytes:
     """Decoded images by path, least recently used dropped first, holding at most ``budget`` bytes."""
 
@@ -557,7 +572,7 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
         keys = {self._cache_file(p).name for p in planned if p.exists()}
         if self.cache_dir.is_dir():
             for entry in self.cache_dir.iterdir():
-                if _CACHE_NAME.fullmatch(entry.name) and entry.name not in keys and entry.is_file():
+                if _CACHE_NAME.fullmatch(entry.name) and entry.name not in keys and _our_cache_entry(entry):
                     entry.unlink(missing_ok=True)
         return planned
 
@@ -598,7 +613,7 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
         """A failed cache write (disk full, read-only) turns this process's disk cache off, once."""
         try:
             with atomic_path(cached) as tmp:
-                save_safetensors({"pixels": pixels}, tmp)
+                save_safetensors({"pixels": pixels}, tmp, metadata=_CACHE_MARK)
         except OSError as exc:
             warnings.warn(f"the decoded-image cache is off for this run: {exc}.", stacklevel=4)
             self._on_disk = set()
