@@ -46,7 +46,9 @@ def _make_one(job: tuple[Path, int, int, int, str]) -> None:
     with Image.open(photos[index % len(photos)]) as src:
         img = src.convert("RGB")
     scale = max(width / img.width, height / img.height) * rng.uniform(1.0, 1.6)
-    img = img.resize((int(img.width * scale) + 1, int(img.height * scale) + 1), Image.Resampling.BICUBIC)
+    img = img.resize(
+        (int(img.width * scale) + 1, int(img.height * scale) + 1), Image.BICUBIC
+    )  # Image.Resampling is Pillow 9.1+
     left, top = rng.randrange(img.width - width + 1), rng.randrange(img.height - height + 1)
     img = img.crop((left, top, left + width, top + height))
     if rng.random() < 0.5:

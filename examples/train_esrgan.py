@@ -44,10 +44,13 @@ from aesop_loss.train import (
     StopRequest,
     amp_dtype,
     atomic_path,
+    autocast,
+    check_amp,
     check_device,
     check_out_outside_data,
     collate_crops,
     ema_update,
+    grad_scaler,
     ignore_stop_signals,
     list_images,
     load_image,
@@ -265,6 +268,7 @@ def check_flags(args: argparse.Namespace) -> None:
     if args.crop % 4:
         raise CLIError(f"--crop {args.crop} is not a multiple of 4 (this recipe trains x4).")
     check_device(args.device)
+    check_amp(args.amp, args.device)
 
 
 def train(args: argparse.Namespace, folder: RunFolder) -> int:
@@ -290,7 +294,7 @@ def train(args: argparse.Namespace, folder: RunFolder) -> int:
         perceptual.to(device)
     opt_g = torch.optim.Adam(g.parameters(), lr=args.lr, betas=(0.9, 0.99))
     opt_d = torch.optim.Adam(d.parameters(), lr=args.lr, betas=(0.9, 0.99))
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    scaler = grad_scaler(device.type, enabled=args.amp == "fp16")
 
     state_path = args.out / "state.pt"
     start = 0
@@ -361,7 +365,7 @@ def train(args: argparse.Namespace, folder: RunFolder) -> int:
         lr = lr.to(device, non_blocking=True).float() / 255
         # generator
         d.requires_grad_(False)
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        with autocast(device.type, amp):
             sr = g(lr)
             l_pix = pixel(sr, hr)
             l_percep = perceptual(sr, hr) if perceptual is not None else sr.new_zeros(())
@@ -372,7 +376,7 @@ def train(args: argparse.Namespace, folder: RunFolder) -> int:
         scaler.step(opt_g)
         # discriminator
         d.requires_grad_(True)
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        with autocast(device.type, amp):
             loss_d = relativistic_d(d(hr), d(sr.detach()))
         opt_d.zero_grad(set_to_none=True)
         scaler.scale(loss_d).backward()

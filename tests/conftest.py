@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import subprocess
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from aesop_loss import AutoEncoder
+from aesop_loss._compat import autocast_supported
+from aesop_loss.cli import CLIError
+from aesop_loss.train import check_amp
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OFFICIAL = FIXTURES / "official"
@@ -44,6 +50,28 @@ class TinySRNet(torch.nn.Module):
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         return self.conv(torch.nn.functional.interpolate(lr, scale_factor=4, mode="nearest"))
+
+
+@contextlib.contextmanager
+def warnings_as_errors(category: type[Warning] = Warning) -> Iterator[None]:
+    """Any ``category`` warning inside raises (``catch_warnings(action=...)`` is Python 3.11+)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", category)
+        yield
+
+
+def skip_without_autocast(device_type: str, dtype: torch.dtype | None) -> None:
+    """Skip where this torch cannot autocast to ``dtype`` on ``device_type`` (fp16 on torch 2.1's CPU)."""
+    if dtype is not None and not autocast_supported(device_type, dtype):
+        pytest.skip(f"torch {torch.__version__} cannot autocast to {dtype} on the {device_type}")
+
+
+def skip_without_fp16_training(device_type: str) -> None:
+    """Skip where ``--amp fp16`` cannot train on ``device_type`` (no CPU fp16 autocast or scaler)."""
+    try:
+        check_amp("fp16", device_type)
+    except CLIError as exc:
+        pytest.skip(str(exc))
 
 
 def wait_for_file(path: Path, timeout: float) -> None:

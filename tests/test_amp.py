@@ -17,9 +17,10 @@ from torch import nn
 from aesop_loss import AESOPLoss, AutoEncoder
 from aesop_loss.integrations.trainner import AESOPRefLoss
 
-from conftest import AE_CKPT, TinySRNet
+from conftest import AE_CKPT, TinySRNet, skip_without_autocast
 
 PRECISIONS = ["fp32", "bf16", "fp16", "auto"]
+AMP_OF = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the autocast each reduced precision enters
 AMP_DTYPES = [torch.bfloat16, torch.float16]
 OPTIONS: list[dict[str, Any]] = [
     {},
@@ -70,6 +71,8 @@ def _cases() -> list[Any]:
 @pytest.mark.parametrize(("amp", "option"), _cases())
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_net_output_from_autocast_and_fp32_target(device, ae, precision, amp, option):
+    skip_without_autocast(device.type, amp)
+    skip_without_autocast(device.type, AMP_OF.get(precision))
     loss_fn = AESOPLoss(ae, precision=precision, **option).to(device)
     sr, hr, loss, net = _train_step(loss_fn, amp, device)
     assert sr.dtype == amp  # the callers' pattern really mixes dtypes
@@ -97,6 +100,7 @@ def test_net_output_from_autocast_and_fp32_target(device, ae, precision, amp, op
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("cls", [AESOPLoss, AESOPRefLoss])
 def test_either_way_round_and_the_traiNNer_adapter(ae, precision, cls):
+    skip_without_autocast("cpu", AMP_OF.get(precision))
     kwargs = {"loss_weight": 0.5} if cls is AESOPRefLoss else {}
     loss_fn = cls(ae, precision=precision, **kwargs)
     hr, _ = _pair(torch.device("cpu"))

@@ -17,7 +17,7 @@ from aesop_loss.pretrain import main
 from aesop_loss.train import PretrainRun
 from aesop_loss.train.config import PretrainConfig
 
-from conftest import IMAGES, tiny_ae
+from conftest import IMAGES, skip_without_fp16_training, tiny_ae
 
 pytestmark = pytest.mark.usefixtures("two_photo_report")  # a short report after each run
 
@@ -204,6 +204,7 @@ def test_distillation_logs_its_term_and_resumes_exactly(teacher_dir, tmp_path, c
 
 def test_distillation_under_amp_is_finite(teacher_dir, tmp_path):
     # fp16: the GradScaler path (bf16 without a teacher: test_pretrain.py::test_amp_runs_on_cpu)
+    skip_without_fp16_training("cpu")
     out = tmp_path / "run"
     teacher = ["--teacher", str(teacher_dir), "--distill-noise", "0.1"]
     argv = _args(out, *teacher, "--amp", "fp16", "--steps", "2")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from aesop_loss.cli import run_cli
 from aesop_loss.convert import main as convert_main
 from aesop_loss.integrations import basicsr, neosr, trainner
 
-from conftest import TinySRNet, tiny_ae
+from conftest import TinySRNet, skip_without_autocast, tiny_ae, warnings_as_errors
 
 WEIGHTS = [1.0, 0.5, -0.5]
 
@@ -155,7 +154,7 @@ def _reference(ae_dir: str, output: torch.Tensor, target: torch.Tensor) -> torch
 def _maybe_negative(weight: float):
     if weight < 0:
         return pytest.warns(UserWarning, match="gradient ascent")
-    return warnings.catch_warnings(action="error", category=UserWarning)
+    return warnings_as_errors(UserWarning)
 
 
 def _grads_reach_the_generator(net_g: nn.Module) -> None:
@@ -184,6 +183,7 @@ AMP = [torch.bfloat16, torch.float16]
 @pytest.mark.parametrize("amp", AMP, ids=["bf16", "fp16"])
 @pytest.mark.parametrize("weight", WEIGHTS)
 def test_neosr_gives_weight_times_the_loss(ae_dir, batch, weight, amp):
+    skip_without_autocast("cpu", amp)
     net_g, gt, lq = batch
     registry = Registry("neosr")
     neosr.register(registry)
@@ -207,12 +207,13 @@ TRAINNER_AMP = [(False, True), (True, True), (True, False)]  # (use_amp, amp_bf1
 def test_trainner_gives_abs_weight_times_the_loss_and_its_bicubic_target(
     ae_dir, batch, weight, use_amp, amp_bf16
 ):
+    skip_without_autocast("cpu", torch.float16 if use_amp and not amp_bf16 else None)
     net_g, gt, lq = batch
     registry = Registry("traiNNer", lower=True)
     registry.register(type("AESOPLoss", (nn.Module,), {}))  # traiNNer-redux's own aesoploss
     trainner.register(registry)
     opt = [{"type": "AESOPRefLoss", "ae": ae_dir, "loss_weight": weight}]
-    with warnings.catch_warnings(action="error", category=UserWarning):  # negative is meaningful here
+    with warnings_as_errors(UserWarning):  # negative is meaningful here
         total, logged, output = trainner_generator_loss(
             opt, registry, net_g, gt, lq, scale=4, use_amp=use_amp, amp_bf16=amp_bf16
         )
@@ -437,11 +438,12 @@ def test_our_ae_in_trainner_layout_loads_into_trainner_and_round_trips_exactly(s
 
 
 class _TraiNNerCompact(nn.Module):
-    """traiNNer/archs/srvgg_arch.py ``compact`` (PReLU, learn_residual=True)."""
+    """traiNNer/archs/srvgg_arch.py ``compact`` (spandrel's SRVGGNetCompact with PReLU)."""
 
-    def __init__(self, scale: int, nf: int, num_conv: int) -> None:
+    def __init__(self, scale: int, nf: int, num_conv: int, learn_residual: bool = True) -> None:
         super().__init__()
         self.scale = scale
+        self.learn_residual = learn_residual
         self.body = nn.ModuleList([nn.Conv2d(3, nf, 3, 1, 1), nn.PReLU(nf)])
         for _ in range(num_conv):
             self.body.extend([nn.Conv2d(nf, nf, 3, 1, 1), nn.PReLU(nf)])
@@ -451,7 +453,8 @@ class _TraiNNerCompact(nn.Module):
         out = x
         for layer in self.body:
             out = layer(out)
-        return F.pixel_shuffle(out, self.scale) + F.interpolate(x, scale_factor=self.scale, mode="nearest")
+        out = F.pixel_shuffle(out, self.scale)
+        return out + F.interpolate(x, scale_factor=self.scale, mode="nearest") if self.learn_residual else out
 
 
 @pytest.mark.parametrize("scale", [4, 2])
@@ -472,6 +475,84 @@ def test_trainner_ae_with_a_compact_decoder_loads_and_computes_the_same(tmp_path
         assert (ae(x) - theirs).abs().max() < 1e-5 * theirs.abs().max()
     back = trainner_autoencoder_state_dict(ae.state_dict(), ae.config)
     assert back.keys() == net.state_dict().keys()
+
+
+def _nearest_compact(scale: int, learn_residual: bool) -> _TraiNNerCompact:
+    """A compact decoder that has learned its job: nearest-neighbour upsampling of the bottleneck,
+    by its body alone (``learn_residual: false``) or as the residual's base (body 0)."""
+    net = _TraiNNerCompact(scale, nf=32, num_conv=0, learn_residual=learn_residual)
+    first, prelu, last = net.body
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        first.weight[:3, :, 1, 1] = torch.eye(3)
+        prelu.weight.fill_(1.0)  # linear: the bottleneck passes unchanged
+        if not learn_residual:
+            for c in range(3):
+                last.weight[c * scale * scale : (c + 1) * scale * scale, c, 1, 1] = 1.0
+    return net
+
+
+@pytest.mark.parametrize("scale", [4, 2])
+def test_trainner_compact_decoder_without_residual_is_refused_by_name(tmp_path, scale):
+    x = F.avg_pool2d(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5)), 4)
+    x = F.interpolate(x, scale_factor=4, mode="bilinear")  # a smooth image, as an AE reconstructs it
+    for learn_residual in (True, False):
+        net = _trainner_ae(scale)
+        net.decoder = _nearest_compact(scale, learn_residual)
+        z = F.avg_pool2d(x, scale)
+        with torch.no_grad():  # both compute the same function: reading one as the other would not
+            assert (net.decoder(z) - x).abs().mean() < 0.05
+        path = tmp_path / f"residual_{learn_residual}.safetensors"
+        _saved_as_trainner_does(net, path)
+        if learn_residual:
+            ae = AutoEncoder.from_pretrained(path)
+            with torch.no_grad():
+                assert torch.allclose(ae.decode(z), net.decoder(z), atol=1e-6)
+        else:  # was: loaded silently, computing body + upsampled input (twice the image)
+            with pytest.raises(CheckpointError, match="learn_residual: false"):
+                AutoEncoder.from_pretrained(path)
+
+
+_INDEX = torch.zeros(4, dtype=torch.long)  # transformers' relative_position_index buffers are int64
+_W = torch.zeros(1)
+
+
+@pytest.mark.parametrize(
+    ("name", "keys"),
+    [
+        ("SwinIR", {"layers.0.residual_group.blocks.0.attn.relative_position_index": _INDEX}),
+        ("HAT", {"layers.0.residual_group.blocks.0.conv_block.cab.0.weight": _W,
+                 "layers.0.residual_group.blocks.0.attn.relative_position_index": _INDEX}),
+        ("DRCT", {"layers.0.swin1.attn.qkv.weight": _W,
+                  "layers.0.swin1.attn.relative_position_index": _INDEX}),
+        ("SPANPlus", {"feats.0.eval_conv.weight": _W, "feats.1.block_1.c1_r.sk.weight": _W}),
+        ("ArtCNN", {"conv0.weight": _W, "depth_to_space.upscale.0.weight": _W}),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_trainner_ae_with_a_transformer_or_other_decoder_is_refused_by_name(tmp_path, name, keys, suffix):
+    sd = {k: v for k, v in _trainner_ae(4).state_dict().items() if not k.startswith("decoder.")}
+    sd |= {f"decoder.{k}": v for k, v in keys.items()}
+    path = tmp_path / f"ae{suffix}"
+    save_safetensors(sd, path) if suffix == ".safetensors" else torch.save(sd, path)
+    with pytest.raises(CheckpointError, match=rf"decoder is {name}, an architecture aesop-loss does not"):
+        AutoEncoder.from_pretrained(path)
+
+
+@pytest.mark.parametrize(
+    ("wrapper", "needle"),
+    [
+        ({"initted": torch.tensor(True), "step": torch.tensor(3), "online_model.w": torch.zeros(1)},
+         "without its averaged weights"),
+        ({"ema_model.w": torch.zeros(1), 7: torch.zeros(1)}, "key 7 is a int, not a tensor name"),
+    ],
+)  # fmt: skip
+def test_malformed_ema_wrappers_are_one_checkpoint_error(tmp_path, wrapper, needle):
+    path = tmp_path / "net_ae_ema_latest.pth"
+    torch.save(wrapper, path)
+    with pytest.raises(CheckpointError, match=needle):
+        AutoEncoder.from_pretrained(path)
 
 
 def test_trainner_ae_with_another_decoder_is_refused_naming_it(tmp_path):

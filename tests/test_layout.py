@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest's own dependency
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "aesop_loss"
 # the tool, and the `python -m` commands that may reach it (pretraining; diagnose's --images)
@@ -91,8 +96,24 @@ def test_the_loss_library_never_imports_the_training_tool_or_its_dependencies():
             assert not target.startswith(("aesop_loss.train", "PIL", "tqdm")), f"{name} imports {target}"
 
 
+def test_ci_floor_pins_follow_pyproject():
+    # .ci/run's floor leg installs exactly these: every declared dependency at its lowest release line
+    out = subprocess.run([sys.executable, str(ROOT / ".ci" / "pins.py"), "floor"], capture_output=True,
+                         text=True, check=True).stdout.split()  # fmt: skip
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = [
+        *project["dependencies"],
+        *(d for extra in project["optional-dependencies"].values() for d in extra),
+    ]
+    floors = {d.split(">=")[0].strip(): d.split(">=")[1].strip() for d in declared if ">=" in d}
+    assert sorted(out) == sorted(f"{name}=={'.'.join(v.split('.')[:2])}.*" for name, v in floors.items())
+    assert "torch==2.1.*" in out
+    python = subprocess.run([sys.executable, str(ROOT / ".ci" / "pins.py"), "python"], capture_output=True,
+                            text=True, check=True).stdout.strip()  # fmt: skip
+    assert python == project["requires-python"].removeprefix(">=")
+
+
 def test_core_dependencies_are_exactly_torch_safetensors_huggingface_hub():
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = [dep.split(">")[0].split("=")[0].split("[")[0].strip() for dep in project["dependencies"]]
     assert names == ["torch", "safetensors", "huggingface-hub"]

@@ -9,7 +9,7 @@ from torch import nn
 
 from aesop_loss import AESOPLoss, AutoEncoder
 
-from conftest import AE_CKPT, TINY, rel_err, tiny_ae
+from conftest import AE_CKPT, TINY, rel_err, skip_without_autocast, tiny_ae, warnings_as_errors
 
 
 @pytest.mark.usefixtures("strict_fp32")
@@ -205,7 +205,7 @@ def test_opt_in_value_checks(make, needle):
         with pytest.warns(UserWarning, match=r"the first hr spans .* not \[0, 1\]") as seen:
             loss_fn(bad, bad)
         assert seen[0].filename == __file__  # it points at the caller's line
-    with warnings.catch_warnings(action="error"):
+    with warnings_as_errors():
         loss_fn(bad, bad)  # one look only: no more syncs, no more warnings
         AESOPLoss(tiny_ae())(x, x)  # [0, 1]: silent
     with pytest.raises(ValueError, match=needle):
@@ -228,6 +228,7 @@ def test_weight_shape_checked():
 @pytest.mark.usefixtures("strict_fp32")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_caller_autocast_with_default_fp32_is_exact(device, dtype, reference_ae, ae_golden):
+    skip_without_autocast(device.type, dtype)
     loss_fn = AESOPLoss(reference_ae).to(device)  # precision="fp32": the AE ignores outer autocast
     sr = ae_golden["sr"].to(device).requires_grad_()
     with torch.autocast(device.type, dtype=dtype):
@@ -240,6 +241,7 @@ def test_caller_autocast_with_default_fp32_is_exact(device, dtype, reference_ae,
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("how", ["auto-under-autocast", "precision-option"])
 def test_reduced_precision(device, dtype, how, reference_ae, ae_golden):
+    skip_without_autocast(device.type, dtype)
     name = "bf16" if dtype == torch.bfloat16 else "fp16"
     loss_fn = AESOPLoss(reference_ae, precision="auto" if how.startswith("auto") else name).to(device)
     sr = ae_golden["sr"].to(device).requires_grad_()

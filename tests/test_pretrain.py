@@ -17,7 +17,7 @@ from aesop_loss.cli import run_cli
 from aesop_loss.pretrain import main
 from aesop_loss.train import PretrainRun, StopRequest
 
-from conftest import IMAGES, TINY_FLAGS, assert_stopped_and_saved, wait_for_file
+from conftest import IMAGES, TINY_FLAGS, assert_stopped_and_saved, skip_without_fp16_training, wait_for_file
 from conftest import TINY as TINY_ARCH
 
 pytestmark = pytest.mark.usefixtures("two_photo_report")  # a short report after each run
@@ -374,6 +374,8 @@ def test_freeze_decoder_always(tmp_path):
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_amp_runs_on_cpu(tmp_path, amp):
+    if amp == "fp16":
+        skip_without_fp16_training("cpu")
     out = tmp_path / "run"
     assert main([*_args(out), "--steps", "2", "--batch-size", "2", "--amp", amp, "--log-every", "1"]) == 0
     losses = [m["loss_rec"] for m in _metrics(out)]
@@ -552,3 +554,15 @@ def test_resume_refuses_a_data_folder_whose_files_changed(tmp_path, capsys):
     assert "the files of --data (added, removed or rewritten) changed since" in capsys.readouterr().err
     (data / "gravel.png").unlink()
     assert main([*args, "--steps", "2", "--resume"]) == 0  # as it was: resumes
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--ram-cache-mb", "64"), ("--disk-cache-mb", "0")])
+def test_optional_integer_flags_take_a_value_on_the_command_line(flag, value):
+    from aesop_loss.train import PretrainConfig
+
+    argv = ["--data", "d", "--out", "o", flag, value]
+    cfg = PretrainConfig.from_args(
+        PretrainConfig.parser(prog="p", description=None).parse_args(argv), argv=argv
+    )
+    cfg.validate()  # was: "expected a finite number >= 0" for every value (parsed as a string)
+    assert getattr(cfg, flag[2:].replace("-", "_")) == int(value)

@@ -192,7 +192,9 @@ def save_safetensors(
         metadata: String entries for the header's ``__metadata__``.
 
     Raises:
-        ValueError: A tensor's dtype has no safetensors name, or this machine is big-endian.
+        ValueError: A tensor's dtype has no safetensors name, a tensor is named ``__metadata__``
+            (the header's reserved entry: no reader could open the file), or this machine is
+            big-endian.
 
     Examples:
         >>> import tempfile
@@ -206,6 +208,10 @@ def save_safetensors(
     """
     if sys.byteorder != "little":
         raise ValueError("save_safetensors writes little-endian bytes; this machine is big-endian.")
+    if "__metadata__" in tensors:
+        raise ValueError(
+            "a tensor named '__metadata__' clashes with the safetensors header's own entry; rename it."
+        )
     header: dict[str, object] = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}

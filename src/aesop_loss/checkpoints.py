@@ -31,6 +31,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from ._compat import load_weights
+
 __all__ = [
     "CheckpointError",
     "canonicalize_autoencoder",
@@ -193,7 +195,7 @@ def _pth_precheck(path: Path) -> bool:
 def _torch_load(path: Path) -> Any:
     mmap = _pth_precheck(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        return load_weights(path, mmap=mmap)
     except pickle.UnpicklingError as exc:
         # torch names the refused callable differently across versions ("Unsupported global:
         # GLOBAL x", "unsupported GLOBAL x whose module ... is blocked", "Unsupported class x");
@@ -234,6 +236,7 @@ def _check_weights(sd: Mapping[str, Tensor], *, source: str) -> None:
     """
     for name, value in sd.items():
         if not value.is_floating_point():
+            _refuse_other_architecture(sd, source)
             raise CheckpointError(
                 f"{source}: tensor {name!r} is {value.dtype}, not a float tensor; not a network's weights."
             )
@@ -254,6 +257,11 @@ def _unwrap(obj: Any, source: Path) -> StateDict:
             obj = obj[key]
             break
     _check_count(len(obj), str(source))
+    odd = [k for k in obj if not isinstance(k, str)]
+    if odd:
+        raise CheckpointError(
+            f"{source}: key {odd[0]!r} is a {type(odd[0]).__name__}, not a tensor name; not a state dict."
+        )
     obj = _from_ema_wrapper(obj, source)
     state: StateDict = {}
     for name, value in obj.items():
@@ -291,8 +299,13 @@ def _from_ema_wrapper(obj: Mapping[str, Any], source: Path) -> Mapping[str, Any]
         >>> _from_ema_wrapper(wrapper, Path("net_ae_ema_latest.pth"))
         {'w': tensor([1.])}
     """
-    if not any(isinstance(k, str) and k.startswith(_EMA_PREFIX) for k in obj):
+    if not any(k.startswith((_EMA_PREFIX, _ONLINE_PREFIX)) for k in obj):
         return obj
+    if not any(k.startswith(_EMA_PREFIX) for k in obj):
+        raise CheckpointError(
+            f"{source}: an EMA wrapper (online_model.*) without its averaged weights (ema_model.*); "
+            "load the EMA file that traiNNer-redux saved whole, or the plain network file (net_ae_*)."
+        )
     ema = {k[len(_EMA_PREFIX) :]: v for k, v in obj.items() if k.startswith(_EMA_PREFIX)}
     online = {k[len(_ONLINE_PREFIX) :] for k in obj if k.startswith(_ONLINE_PREFIX)}
     parts = (_EMA_PREFIX, _ONLINE_PREFIX)
@@ -587,7 +600,9 @@ _ESRGAN_GROWTH = 32  # spandrel's RRDB blocks (both of traiNNer-redux's AE parts
 # Architectures traiNNer-redux can build as an AE decoder and aesop-loss does not implement, each by a
 # key only it has (spandrel's detection keys); the more specific first (HAT's blocks are SwinIR's too).
 _OTHER_ARCHITECTURES = (
+    ("SPANPlus", "feats.1.block_1.c1_r.sk.weight"),
     ("SPAN", "block_1.c1_r.sk.weight"),
+    ("ArtCNN", "depth_to_space.upscale.0.weight"),
     ("HAT", "layers.0.residual_group.blocks.0.conv_block.cab.0.weight"),
     ("ATD", "layers.0.residual_group.td"),
     ("SwinIR", "layers.0.residual_group.blocks.0.attn.relative_position_index"),
@@ -598,6 +613,22 @@ _OTHER_ARCHITECTURES = (
     ("PLKSR / RealPLKSR", "feats.1.refine.weight"),
     ("MoSR", "gblocks.1.fc1.weight"),
 )
+
+
+def _refuse_other_architecture(sd: Mapping[str, Tensor], source: str) -> None:
+    """Refuse, by name, a network (or an AE whose decoder is one) that this package does not implement.
+
+    Transformers keep integer index buffers (``relative_position_index``) that no float check should
+    be the first to complain about.
+    """
+    for part, prefix in (("", ""), ("an AE whose decoder is ", "decoder.")):
+        inner = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+        for name, key in _OTHER_ARCHITECTURES:
+            if key in inner:
+                raise CheckpointError(
+                    f"{source}: {part}{name}, an architecture aesop-loss does not implement; it reads "
+                    "AEs with an RRDB (ESRGAN) or SRVGGNetCompact (PReLU) decoder only."
+                )
 
 
 def _name_generator(sd: Mapping[str, Tensor]) -> str:
@@ -671,6 +702,7 @@ def _from_trainner_autoencoder(sd: Mapping[str, Tensor], source: str) -> StateDi
     kind = _name_generator(decoder)
     if kind == "SRVGGNetCompact":
         config = canonicalize_compact(decoder, source=f"{source} (decoder)")[1]
+        _refuse_compact_without_residual(decoder, config["scale"], source)
     elif kind.startswith("an RRDB"):
         decoder, config = canonicalize_rrdbnet(decoder, source=f"{source} (decoder)")
     else:
@@ -681,6 +713,46 @@ def _from_trainner_autoencoder(sd: Mapping[str, Tensor], source: str) -> StateDi
     if config["scale"] == 4:  # traiNNer-redux unshuffles by 4 at once, the authors by 2 twice
         encoder = _reorder_encoder_trunk(encoder, _unshuffle_order(config["num_feat"] // 16))
     return {**encoder, **{f"decoder.{k}": v for k, v in decoder.items()}}
+
+
+def _refuse_compact_without_residual(decoder: Mapping[str, Tensor], scale: int, source: str) -> None:
+    """Refuse a compact decoder trained with traiNNer-redux's ``learn_residual: false``.
+
+    That option drops the nearest-upsampled input from the output and leaves no trace in the
+    weights, so it is told from what the decoder does: on a smooth image's LR version the body
+    alone reconstructs the image when the option was off, and needs the added input when it was on
+    (the default, and the only form this package implements). Random or untrained weights do
+    neither and pass, as before.
+    """
+    if any(v.device.type == "meta" for v in decoder.values()):
+        return  # a header-only look: the weights are checked when they are read
+    n = 8 * scale
+    ramp = torch.linspace(0, 1, n)
+    hr = torch.stack([
+        0.5 + 0.3 * torch.outer(torch.sin(3 * ramp), torch.cos(2 * ramp)),
+        0.4 + 0.3 * torch.outer(ramp, ramp),
+        0.6 - 0.2 * torch.outer(torch.cos(ramp), ramp),
+    ]).unsqueeze(0)  # fmt: skip
+    lr = torch.nn.functional.avg_pool2d(hr, scale)
+    convs = sorted(int(k.split(".")[1]) for k in decoder if k.endswith(".weight") and decoder[k].ndim == 4)
+    x = lr
+    with torch.no_grad():
+        for i in convs:
+            x = torch.nn.functional.conv2d(
+                x, decoder[f"body.{i}.weight"].float(), decoder[f"body.{i}.bias"].float(), padding=1
+            )
+            if i != convs[-1]:
+                x = torch.nn.functional.prelu(x, decoder[f"body.{i + 1}.weight"].float())
+        body = torch.nn.functional.pixel_shuffle(x, scale)
+        residual = torch.nn.functional.interpolate(lr, scale_factor=scale, mode="nearest")
+    without, with_residual = (body - hr).abs().mean(), (body + residual - hr).abs().mean()
+    if without < 0.5 * with_residual:
+        raise CheckpointError(
+            f"{source}: a traiNNer-redux AE whose compact decoder was trained with learn_residual: false "
+            f"(it reconstructs without the upsampled input: error {without:.3f} vs {with_residual:.3f} "
+            "with it), which aesop-loss does not implement; train the AE with learn_residual: true "
+            "(traiNNer-redux's default)."
+        )
 
 
 def _to_original_esrgan(sd: Mapping[str, Tensor], num_block: int) -> StateDict:

@@ -303,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m aesop_loss.convert",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # an abbreviated flag (--overwr) would be taken for the whole one silently
     )
     parser.add_argument(
         "src",

@@ -116,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m aesop_loss.diagnose",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # an abbreviated flag (--overwr) would be taken for the whole one silently
     )
     p.add_argument("ae", help="the AE: folder, run folder, .pth, .safetensors, Hub id, or 'demo'")
     p.add_argument("--images", type=Path, help="folder of HR images (default: the bundled sample photos)")

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from huggingface_hub import HfApi, hf_hub_download
-from huggingface_hub.errors import (
+
+from ._compat import (
     EntryNotFoundError,
     GatedRepoError,
     HfHubHTTPError,
@@ -30,7 +31,6 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-
 from ._io import atomic_path, atomic_write_text, save_safetensors
 from ._version import __version__
 from .checkpoints import (

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from ._compat import autocast, autocast_enabled, compile_module, on_load_state_dict, on_state_dict
 from .archs import AutoEncoder
 
 __all__ = ["AESOPLoss", "Criterion", "Precision", "Reduction", "Space"]
@@ -204,14 +205,14 @@ class AESOPLoss(nn.Module):
             self.ae.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.compile_backend = (compile if isinstance(compile, str) else "inductor") if compile else None
         self._build_net()
-        self.register_state_dict_post_hook(_drop_ae_from_state_dict)
-        self.register_load_state_dict_pre_hook(_keep_ae_on_load)
+        on_state_dict(self, _drop_ae_from_state_dict)
+        on_load_state_dict(self, _keep_ae_on_load)
 
     def _build_net(self) -> None:
         net: nn.Module = self.ae.encoder if self.space == "bottleneck" else self.ae
         # kept outside the module tree: the compiled wrapper shares the AE's parameters
         if self.compile_backend is not None:
-            net = torch.compile(net, backend=self.compile_backend)  # type: ignore[assignment]
+            net = compile_module(net, backend=self.compile_backend)
         object.__setattr__(self, "_net", net)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -250,9 +251,8 @@ class AESOPLoss(nn.Module):
         if self.precision == "auto":
             return contextlib.nullcontext()
         if self.precision in ("bf16", "fp16"):
-            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-            return torch.autocast(device_type, dtype=dtype)
-        return torch.autocast(device_type, enabled=False)  # fp32 activations inside the caller's autocast
+            return autocast(device_type, torch.bfloat16 if self.precision == "bf16" else torch.float16)
+        return autocast(device_type, None)  # fp32 activations inside the caller's autocast
 
     def forward(self, sr: Tensor, hr: Tensor, weight: Tensor | None = None) -> Tensor:
         """Compute the loss.
@@ -297,7 +297,7 @@ class AESOPLoss(nn.Module):
         self._validate(sr, hr, param)
         device_type = sr.device.type
         with self._precision(device_type):
-            if not torch.is_autocast_enabled(device_type):
+            if not autocast_enabled(device_type):
                 # Outside autocast (precision="fp32", or "auto" in a loop without one), each input
                 # meets the AE in the AE's dtype: a bf16/fp16 net output made inside the caller's
                 # autocast and an fp32 target are both promoted, as nn.L1Loss would promote them.

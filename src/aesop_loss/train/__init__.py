@@ -4,7 +4,7 @@ Needs the training extra (``pip install "aesop-loss[train]"``: Pillow, tqdm). Th
 (``aesop_loss``) never imports this package.
 
 - ``config``: ``PretrainConfig``, the run's settings, flags, checks and resume rule in one place;
-  ``amp_dtype``.
+  ``amp_dtype``, ``check_amp``; ``autocast`` and ``grad_scaler`` for every torch the package supports.
 - ``loop``: ``train(cfg)``, the pretraining loop (DDP, AMP, exact resume); ``PretrainRun``.
 - ``data``: datasets (DIV2K, Flickr2K, DF2K, folders, HR:LR pairs) and aligned random crops.
 - ``runs``: ``RunFolder``, an output folder claimed by one run, never a user's folder.
@@ -15,8 +15,9 @@ Needs the training extra (``pip install "aesop-loss[train]"``: Pillow, tqdm). Th
 
 from __future__ import annotations
 
+from .._compat import autocast, grad_scaler
 from .._io import WriteError, atomic_path
-from .config import AMP_DTYPES, PretrainConfig, amp_dtype, check_device
+from .config import AMP_DTYPES, PretrainConfig, amp_dtype, check_amp, check_device
 from .ema import ema_update
 from .runs import RunFolder, RunFolderError, files_fingerprint, weights_fingerprint
 from .signals import StopRequest, ignore_stop_signals
@@ -54,11 +55,14 @@ __all__ = [
     "WriteError",
     "amp_dtype",
     "atomic_path",
+    "autocast",
+    "check_amp",
     "check_device",
     "check_out_outside_data",
     "collate_crops",
     "ema_update",
     "files_fingerprint",
+    "grad_scaler",
     "ignore_stop_signals",
     "list_images",
     "load_image",

@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 
+from .._compat import autocast, grad_scaler
 from ..cli import CLIError
 
-__all__ = ["AMP_DTYPES", "PRESETS", "PretrainConfig", "amp_dtype", "check_device", "data_key"]
+__all__ = ["AMP_DTYPES", "PRESETS", "PretrainConfig", "amp_dtype", "check_amp", "check_device", "data_key"]
 
 # --amp values and the autocast dtype each one means (None: no autocast).
 AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -204,12 +205,12 @@ class PretrainConfig:
         """
         for f in dataclasses.fields(self):
             meta, value = f.metadata, getattr(self, f.name)
-            allowed = _allowed(meta, f.type)
+            allowed = _allowed(meta, _kind(f))
             if allowed is None or (value is None and f.default is None):  # not given: nothing to check
                 continue
             if meta.get("choices") is not None:
                 ok = value in meta["choices"]
-            elif f.type == "int":
+            elif _kind(f) == "int":
                 ok = type(value) is int and _in_range(value, meta)
             else:
                 ok = isinstance(value, (int, float)) and math.isfinite(value) and _in_range(value, meta)
@@ -228,6 +229,7 @@ class PretrainConfig:
                 "--teacher they would be ignored, so pass --teacher AE (or drop them)."
             )
         check_device(self.device)
+        check_amp(self.amp, self.device)
 
     def resume_signature(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run it continues."""
@@ -274,7 +276,7 @@ class PretrainConfig:
             if f.type == "bool":  # --flag, or --flag / --no-flag when it is on by default
                 kwargs["action"] = argparse.BooleanOptionalAction if kwargs.get("default") else "store_true"
             else:
-                kwargs["type"] = {"int": int, "float": float, "Path": Path}.get(str(f.type), str)
+                kwargs["type"] = {"int": int, "float": float, "Path": Path}.get(_kind(f), str)
                 if meta.get("choices") is not None:
                     kwargs["choices"] = meta["choices"]
                 if meta.get("metavar"):
@@ -331,7 +333,12 @@ def _in_range(value: float, meta: Any) -> bool:
     )
 
 
-def _allowed(meta: Any, kind: Any) -> str | None:
+def _kind(f: dataclasses.Field[Any]) -> str:
+    """A field's value type as written, without ``| None`` (``int | None`` -> ``"int"``)."""
+    return str(f.type).removesuffix(" | None")
+
+
+def _allowed(meta: Any, kind: str) -> str | None:
     """The allowed values of a field in words, or None when it has no check."""
     if meta.get("choices") is not None:
         return "one of " + ", ".join(map(str, meta["choices"]))
@@ -344,6 +351,21 @@ def _allowed(meta: Any, kind: Any) -> str | None:
         return None
     noun = "an integer" if kind == "int" else "a finite number"
     return f"{noun} {' and '.join(bounds)}"
+
+
+def check_amp(amp: str, device: str | None) -> None:
+    """Refuse an ``--amp`` that this torch cannot train with on ``device`` (default: CUDA if present).
+
+    Raises:
+        CLIError: One line naming what this torch lacks (e.g. float16 autocast on torch 2.1's CPU).
+    """
+    dtype = amp_dtype(amp)
+    device_type = torch.device(device).type if device else "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        autocast(device_type, dtype)
+        grad_scaler(device_type, enabled=dtype == torch.float16)
+    except ValueError as exc:
+        raise CLIError(f"--amp {amp}: {exc}") from None
 
 
 def check_device(device: str | None) -> None:

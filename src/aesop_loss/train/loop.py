@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .._compat import autocast, compile_module, grad_scaler, load_weights
 from .._io import WriteError, atomic_path
 from ..archs import AutoEncoder, RRDBNet, SRVGGNetCompact
 from ..checkpoints import CheckpointError
@@ -207,7 +208,7 @@ class PretrainRun:
         self._ema_params: list[Tensor] = list(self.ema.parameters())
         self.optimizer = torch.optim.Adam(self.ae.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
         self.amp_dtype = amp_dtype(cfg.amp)
-        self.scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.amp == "fp16")
+        self.scaler = grad_scaler(env.device.type, enabled=cfg.amp == "fp16")
         self.step = 0
         self.saved_step: int | None = None
         self.best: dict[str, float] = {}
@@ -233,7 +234,7 @@ class PretrainRun:
                 model, device_ids=[self.env.device] if self.env.device.type == "cuda" else None
             )
         if self.cfg.compile:
-            model = torch.compile(model)  # type: ignore[assignment]
+            model = compile_module(model)
         self.model = model
         return model
 
@@ -305,7 +306,7 @@ class PretrainRun:
         if not self.ckpt.is_file():
             raise CLIError(f"--resume: no checkpoint at {self.ckpt}; start without --resume.")
         try:
-            state = torch.load(self.ckpt, map_location=self.env.device, weights_only=True)
+            state = load_weights(self.ckpt, map_location=self.env.device)
         except Exception as exc:
             raise CLIError(
                 f"--resume: {self.ckpt} is damaged or cut short ({exc.__class__.__name__}), so the run "
@@ -386,17 +387,16 @@ class PretrainRun:
         fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
         hr = hr.to(dev, non_blocking=True).to(memory_format=fmt).float().div_(255)
         lr = lr.to(dev, non_blocking=True).to(memory_format=fmt).float().div_(255)
-        amp = {"dtype": self.amp_dtype or torch.float32, "enabled": self.amp_dtype is not None}
         perturb = self.teacher is not None and self.cfg.distill_noise > 0
         x = torch.cat((hr, self._perturbed(hr))) if perturb else hr  # one pass over both
-        with torch.autocast(dev.type, **amp):  # type: ignore[arg-type]
+        with autocast(dev.type, self.amp_dtype):
             recon, z = model(x)
         n = hr.shape[0]
         rec = F.l1_loss(recon[:n].float(), hr)
         bott = F.l1_loss(z[:n].float(), lr)
         loss = rec + self.cfg.bottleneck_weight * bott
         if self.teacher is not None:  # distillation: the teacher's projection of the same crops
-            with torch.no_grad(), torch.autocast(dev.type, **amp):  # type: ignore[arg-type]
+            with torch.no_grad(), autocast(dev.type, self.amp_dtype):
                 target = self.teacher(x).float()
             student = recon.float()
             distill = F.l1_loss(student[:n], target[:n])

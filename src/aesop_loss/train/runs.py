@@ -72,8 +72,8 @@ def _legacy_checkpoint_has(path: Path, keys: Iterable[str]) -> bool:
     """Whether ``path`` reads (weights only, memory-mapped) as a dict holding every key in ``keys``."""
     import torch  # the training tool's dependency; only needed to look at an unmarked folder
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:  # a str path: torch 2.1 memory-maps only a file name
+        state = torch.load(os.fspath(path), map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # any unreadable or foreign file: not this tool's checkpoint
         return False
     return isinstance(state, dict) and all(k in state for k in keys)
