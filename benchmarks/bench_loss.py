@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from aesop_loss import AESOPLoss, AutoEncoder, RRDBNet
@@ -255,40 +256,58 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return F.cosine_similarity(a.double(), b.double(), dim=0).item()
 
 
-def fidelity(src: str, device: torch.device) -> dict[str, float]:
-    """Loss and gradient of each precision against strict fp32 on real photos; returns cosines."""
+def fidelity(src: str, device: torch.device, photos: int = 4) -> dict[str, float]:
+    """Loss and gradient of each precision against strict fp32 on real photos, one photo at a time:
+    the loss's relative error, the gradient's relative error (of the vector: direction and size),
+    its norm's, and the gradient cosine, as mean +- sd over the photos. Returns the worst cosine of
+    each precision."""
     ae = AutoEncoder.from_pretrained(src, device=device)
-    crops = []
-    for path in list_images(IMAGES)[:4]:
-        img = load_image(path)[:, :192, :192].float() / 255
-        crops.append(img)
-    hr = torch.stack(crops).to(device)
     gen = torch.Generator().manual_seed(0)
-    sr0 = (hr + 0.05 * torch.randn(hr.shape, generator=gen).to(device)).clamp(0, 1)
-    print(f"\n# precision fidelity on {len(crops)} real photos (192^2 crops, AE {ae.config})")
+    pairs = []
+    for path in list_images(IMAGES)[:photos]:
+        hr = (load_image(path)[:, :192, :192].float() / 255).unsqueeze(0)
+        sr = (hr + 0.05 * torch.randn(hr.shape, generator=gen)).clamp(0, 1)
+        pairs.append((sr.to(device), hr.to(device)))
+    print(f"\n# precision fidelity on {len(pairs)} real photos, one at a time (192^2 crops, AE {ae.config})")
+    print("# against strict fp32: mean +- sd over the photos (worst)")
     cuda = device.type == "cuda"
     # (label, precision option, TF32 allowed): strict fp32 first, the reference
     options = [("strict fp32", "fp32", False)]
     options += [("default (TF32)", "fp32", True), ("fp16", "fp16", True)] if cuda else []
-    options += [("bf16", "bf16", True)]
-    ref_loss, ref_grad = 0.0, torch.empty(0)
-    cosines: dict[str, float] = {}
+    options += [("bf16", "bf16", True), ("auto, bf16 AMP", "auto", True)]
+    runs: dict[str, list[tuple[float, Tensor]]] = {}
     for label, precision, allow_tf32 in options:
-        sr = sr0.clone().requires_grad_()
-        with torch.backends.cudnn.flags(enabled=True, allow_tf32=allow_tf32):
-            loss = AESOPLoss(ae, precision=precision)(sr, hr)  # type: ignore[arg-type]
+        amp = label.endswith("AMP")  # a framework's bf16 AMP: the net's output is bf16, autocast is on
+        for sr0, hr in pairs:
+            sr = (sr0.bfloat16() if amp else sr0.clone()).requires_grad_()
+            with (
+                torch.backends.cudnn.flags(enabled=True, allow_tf32=allow_tf32),
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp),
+            ):
+                loss = AESOPLoss(ae, precision=precision)(sr, hr)  # type: ignore[arg-type]
             loss.backward()
-        assert sr.grad is not None
-        if not cosines and label == "strict fp32":
-            ref_loss, ref_grad = loss.item(), sr.grad.flatten()
-            cosines["fp32"] = 1.0
-            print(f"{label:<16} loss {ref_loss:.6f}")
-            continue
-        cos = cosine(sr.grad.flatten().float(), ref_grad)
-        rel = abs(loss.item() - ref_loss) / ref_loss
-        cosines["tf32" if allow_tf32 and precision == "fp32" else precision] = cos
-        print(f"{label:<16} loss {loss.item():.6f}  rel. error {rel:.2e}  grad cosine {cos:.5f}")
+            assert sr.grad is not None
+            runs.setdefault(label, []).append((loss.item(), sr.grad.flatten().double()))
+    cosines: dict[str, float] = {"fp32": 1.0}
+    ref = runs["strict fp32"]
+    heads = ("loss rel. error", "grad rel. error |g-g32|/|g32|", "grad-norm rel. error", "grad cosine")
+    print(f"{'':<16}" + "".join(f"{h:>32}" for h in heads))
+    for label, precision, allow_tf32 in options[1:]:
+        loss_err = [abs(v - r) / r for (v, _), (r, _) in zip(runs[label], ref, strict=True)]
+        grads = [(g, q) for (_, g), (_, q) in zip(runs[label], ref, strict=True)]
+        grad_err = [((g - q).norm() / q.norm()).item() for g, q in grads]
+        norm_err = [abs(g.norm() / q.norm() - 1).item() for g, q in grads]
+        cos = [F.cosine_similarity(g, q, dim=0).item() for g, q in grads]
+        cells = [_spread(loss_err, max), _spread(grad_err, max), _spread(norm_err, max), _spread(cos, min)]
+        print(f"{label:<16}" + "".join(f"{c:>32}" for c in cells))
+        if not label.endswith("AMP"):
+            cosines["tf32" if allow_tf32 and precision == "fp32" else precision] = min(cos)
     return cosines
+
+
+def _spread(values: list[float], worst: Callable[[list[float]], float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.4f} +- {sd:.4f} ({worst(values):.4f})"
 
 
 if __name__ == "__main__":

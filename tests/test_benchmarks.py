@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from conftest import TINY_FLAGS
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -98,3 +100,18 @@ def test_bench_guidance_smoke_prints_spreads_and_paired_intervals():
     assert {p[0].strip() for p in pairs} == {"AESOP demo-compact - AESOP demo", "AESOP demo-compact - L1",
                                             "AESOP demo - L1"}  # fmt: skip
     assert all(p[2] == "tie" or p[2].endswith("higher") for p in pairs)
+
+
+def test_bench_loss_fidelity_gives_each_precisions_errors_with_their_spread(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bench_loss
+
+    cosines = bench_loss.fidelity("demo", torch.device("cpu"), photos=2)
+    out = capsys.readouterr().out
+    cell = r"\s+(\d\.\d{4}) \+- \d\.\d{4} \((\d\.\d{4})\)"
+    rows = {m[0]: m[1:] for m in re.findall(rf"^(bf16|auto, bf16 AMP)\s*{cell * 4}$", out, re.M)}
+    assert set(rows) == {"bf16", "auto, bf16 AMP"}, out
+    loss_err, grad_err = float(rows["bf16"][0]), float(rows["bf16"][2])
+    assert 0 < loss_err < 0.1
+    assert grad_err > 0.05  # what the README reports: bf16 moves the gradient far more than the loss
+    assert cosines["bf16"] < 1.0

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import threading
 import zipfile
@@ -551,3 +552,163 @@ def test_a_big_16_bit_image_decodes_without_a_blow_up(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     bytes_per_pixel = float(proc.stdout.split()[-1])
     assert bytes_per_pixel < 15  # the result (3), Pillow's own pixels (2-4), a strip: ~9-12; was ~27
+
+
+# --- the fourth reliability pass: images that change under a run, links, FIFOs, the cache ---------
+
+
+def _two_image_set(folder, size=(64, 48)):
+    folder.mkdir()
+    for name, level in (("a.png", 10), ("b.png", 200)):
+        Image.new("RGB", size, (level, level, level)).save(folder / name)
+    return ImageSet(list_images(folder))
+
+
+@pytest.mark.parametrize("new_size", [(96, 72), (40, 40)], ids=["larger", "smaller"])
+def test_an_image_replaced_by_another_size_mid_run_is_skipped_not_misaligned(tmp_path, new_size):
+    hr_dir, lr_dir = tmp_path / "hr", tmp_path / "lr"
+    _two_image_set(hr_dir)
+    lr_dir.mkdir()
+    for name in ("a.png", "b.png"):  # paired data: HR 64x48, LR 16x12
+        Image.open(hr_dir / name).resize((16, 12)).save(lr_dir / name)
+    images = ImageSet(list_images(hr_dir), list_images(lr_dir))
+    ds = CropDataset(images, crop=32, scale=4, seed=0, ram_cache_bytes=0, augment=False)
+    g = next(g for g in range(20) if ds.image_index(g) == 0)  # a sample that reads a.png
+    Image.new("RGB", new_size, (90, 90, 90)).save(hr_dir / "a.png")  # replaced during the run
+    with pytest.warns(UserWarning, match=r"a\.png: cannot be decoded \(it is now \d+x\d+, not the 64x48"):
+        hr, lr = ds[g]  # was: larger -> crops of the new HR against the old LR; smaller -> RuntimeError
+    assert int(hr.float().mean()) == 200
+    assert int(lr.float().mean()) == 200
+
+
+def test_linked_folders_are_followed_once_and_a_link_loop_ends(tmp_path):
+    real = tmp_path / "DIV2K"
+    real.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(real / f"{i}.png")
+    other = tmp_path / "Flickr2K"
+    other.mkdir()
+    Image.new("RGB", (8, 8)).save(other / "f.png")
+    df2k = tmp_path / "DF2K"  # a DF2K built from links only
+    df2k.mkdir()
+    (df2k / "DIV2K").symlink_to(real, target_is_directory=True)
+    (df2k / "Flickr2K").symlink_to(other, target_is_directory=True)
+    (real / "loop").symlink_to(df2k, target_is_directory=True)  # a cycle back up
+    files = list_images(df2k)  # was: "holds no images"
+    assert sorted(p.name for p in files) == ["0.png", "1.png", "2.png", "f.png"]
+
+
+def test_an_image_replaced_by_a_fifo_is_skipped_without_hanging(tmp_path):
+    images = _two_image_set(tmp_path / "data")
+    ds = CropDataset(images, crop=32, scale=4, seed=0, ram_cache_bytes=0)
+    (tmp_path / "data" / "a.png").unlink()
+    os.mkfifo(tmp_path / "data" / "a.png")  # nobody ever writes to it
+    g = next(g for g in range(20) if ds.image_index(g) == 0)
+    result: list[object] = []
+    reader = threading.Thread(target=lambda: result.append(_catch_warnings(ds.__getitem__, g)), daemon=True)
+    reader.start()
+    reader.join(20)
+    assert not reader.is_alive(), "reading a FIFO in an image's place blocked"  # was: open() forever
+    (hr, _), seen = result[0]  # type: ignore[misc]
+    assert int(hr.float().mean()) == 200
+    assert any("not a regular file" in str(w.message) for w in seen)
+    with pytest.raises(OSError, match="not a regular file"):
+        load_image(tmp_path / "data" / "a.png")
+
+
+def _catch_warnings(fn, *args):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        return fn(*args), seen
+
+
+def test_the_disk_cache_keeps_its_cap_after_replacements_and_owns_only_its_folder(tmp_path):
+    images = _folder_of_pngs(tmp_path / "data", 4)  # 9,216 bytes each decoded
+    cache = tmp_path / "cache"
+    cap = 2 * 9216
+    ds = CropDataset(
+        images, crop=32, scale=4, seed=0, cache_dir=cache, ram_cache_bytes=0, disk_cache_bytes=cap
+    )
+    for g in range(8):
+        ds[g]
+    for path in images.hr:  # every image replaced by another of the same size, several times
+        for level in (1, 2, 3):
+            Image.new("RGB", (64, 48), (level, 0, 0)).save(path)
+            os.utime(path, ns=(level * 10**9, level * 10**9))
+            for g in range(8):
+                ds[g]
+    entries = list(cache.glob("*.safetensors"))
+    assert len(entries) == 2  # was: one more entry per replacement, past the cap
+    assert sum(e.stat().st_size for e in entries) <= cap + 2 * 256
+    assert int(ds[next(g for g in range(20) if ds.image_index(g) == 0)][0][0, 0].float().mean()) == 3
+
+
+def test_a_killed_runs_cache_temps_are_removed_and_a_linked_cache_is_not_used(tmp_path):
+    images = _folder_of_pngs(tmp_path / "data", 2)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    old = cache / ".0123456789abcdef.safetensors.ab12cd34.tmp"  # atomic_path's name for a killed write
+    fresh = cache / ".fedcba9876543210.safetensors.zz99yy88.tmp"  # maybe another process's, writing now
+    for tmp in (old, fresh):
+        tmp.write_bytes(b"half")
+    os.utime(old, (0, 0))
+    mine = cache / "notes.tmp"
+    mine.write_text("a user's")
+    CropDataset(images, crop=32, scale=4, seed=0, cache_dir=cache)
+    assert not old.exists()  # was: never removed
+    assert fresh.exists()
+    assert mine.read_text() == "a user's"
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / ("2" * 16 + ".safetensors")).write_bytes(b"someone's")
+    linked = tmp_path / "linked"
+    linked.symlink_to(target, target_is_directory=True)
+    with pytest.warns(UserWarning, match="is a symbolic link"):
+        ds = CropDataset(images, crop=32, scale=4, seed=0, cache_dir=linked)
+    ds[0]
+    assert [p.name for p in target.iterdir()] == ["2" * 16 + ".safetensors"]  # was: written into, pruned
+
+
+def test_many_unusable_images_are_summarised(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i in range(500):
+        Image.new("RGB", (8, 8)).save(folder / f"{i:04d}.png")  # all smaller than the crop
+    Image.new("RGB", (64, 64)).save(folder / "ok.png")
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        CropDataset(ImageSet(list_images(folder)), crop=32, scale=4, seed=0)
+    messages = [str(w.message) for w in seen]
+    assert len(messages) == data_mod._SKIPS_SHOWN + 1  # was: one per file (two lines each)
+    assert messages[-1] == "skipping 490 more images: 490 smaller than the crop."
+
+
+def test_cache_entries_are_trusted_by_the_files_stamp_and_checked_for_shape(tmp_path):
+    # Decided (README, Safety): an entry is the file's when its stamp (size, mtime) matches; a
+    # same-size edit whose mtime is restored is served from the cache (delete .decoded/ after one).
+    images = _two_image_set(tmp_path / "data")
+    cache = tmp_path / "cache"
+    ds = CropDataset(images, crop=32, scale=4, seed=0, cache_dir=cache, ram_cache_bytes=0)
+    ga = next(g for g in range(20) if ds.image_index(g) == 0)
+    assert int(ds[ga][0].float().mean()) == 10
+    a = tmp_path / "data" / "a.png"
+    entry = ds._cache_file(a)
+    stamp = data_mod._stamp(a)
+    planted = [  # marked entries that are not a.png's pixels: decoded again
+        ({"pixels": torch.zeros(3, 8, 8, dtype=torch.uint8)}, {**data_mod._CACHE_MARK, "source": stamp}),
+        ({"pixels": torch.zeros(3, 48, 64, dtype=torch.uint8)}, data_mod._CACHE_MARK),  # no stamp
+    ]
+    for tensors, meta in planted:
+        save_safetensors(tensors, entry, metadata=meta)
+        assert int(CropDataset(images, crop=32, scale=4, seed=0, cache_dir=cache, ram_cache_bytes=0)[ga][0]
+                   .float().mean()) == 10  # fmt: skip
+    st = a.stat()
+    Image.new("RGB", (64, 48), (11, 11, 11)).save(a)  # the same size on disk, other pixels
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
+    if a.stat().st_size == st.st_size:  # the stale entry is served: the documented limit
+        again = CropDataset(images, crop=32, scale=4, seed=0, cache_dir=cache, ram_cache_bytes=0)
+        assert int(again[ga][0].float().mean()) == 10

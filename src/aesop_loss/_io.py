@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -136,11 +137,15 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def remove_stale_temps(folder: str | os.PathLike[str], names: Iterable[str]) -> list[Path]:
+def remove_stale_temps(
+    folder: str | os.PathLike[str], names: Iterable[str], *, older_than: float = 0.0
+) -> list[Path]:
     """Remove the temporary files that ``atomic_path`` left for ``names`` in ``folder`` (a killed run's).
 
     Only names ``atomic_path`` makes are touched: ``.NAME.`` then ``mkstemp``'s 8 random characters
-    then ``.tmp``, for the given names (``"*"``: any name); call it while holding the folder's lock.
+    then ``.tmp``, for the given names (``"*"``: any name); call it while holding the folder's lock,
+    or, in a folder that other processes write (the decoded cache), with ``older_than`` seconds: a
+    temp file modified more recently may be another process's write in progress.
 
     Returns:
         The removed files.
@@ -150,9 +155,16 @@ def remove_stale_temps(folder: str | os.PathLike[str], names: Iterable[str]) -> 
     for name in names:
         ours = re.compile(r"\.(.+)\.[a-z0-9_]{8}" if name == "*" else re.escape(f".{name}.") + "[a-z0-9_]{8}")
         for stale in folder.glob(f".{name}.*{_TMP_SUFFIX}"):
-            if ours.fullmatch(stale.name[: -len(_TMP_SUFFIX)]) and stale.is_file() and not stale.is_symlink():
-                stale.unlink(missing_ok=True)
-                removed.append(stale)
+            if (
+                not ours.fullmatch(stale.name[: -len(_TMP_SUFFIX)])
+                or stale.is_symlink()
+                or not stale.is_file()
+            ):
+                continue
+            if older_than and time.time() - stale.stat().st_mtime < older_than:
+                continue
+            stale.unlink(missing_ok=True)
+            removed.append(stale)
     return removed
 
 

@@ -3,8 +3,9 @@
 ``convert``, ``pretrain`` and the bundled examples run their ``main`` through ``run_cli``: expected
 failures (``CLIError``, ``CheckpointError``, a failed write, a missing file) print one ``error: ...``
 line on stderr, never a traceback; an unexpected one prints one line too (the traceback with
-``AESOP_LOSS_TRACEBACK=1``). Whatever happened, DataLoader workers still alive are ended before the
-process exits: they ignore SIGTERM (a stop request is the training process's to handle), so the
+``AESOP_LOSS_TRACEBACK=1``). Whatever happened, DataLoader workers that the command started and
+that are still alive are ended before the process exits (a caller's own processes are left
+alone): they ignore SIGTERM (a stop request is the training process's to handle), so the
 interpreter's own exit-time clean-up would wait for them forever.
 """
 
@@ -15,7 +16,7 @@ import multiprocessing
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from ._io import WriteError
 from .checkpoints import CheckpointError
@@ -47,6 +48,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         2
     """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    callers = {child.pid for child in multiprocessing.active_children()}  # never ours to end
     try:
         return int(main(argv) or 0)
     except CLIError as exc:
@@ -79,7 +81,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     except Exception as exc:  # a bug or an unforeseen failure: still one line and an exit status
         return _unexpected(exc)
     finally:
-        end_workers()
+        end_workers(spare=callers)
 
 
 def _unexpected(exc: BaseException) -> int:
@@ -94,21 +96,28 @@ def _unexpected(exc: BaseException) -> int:
     return 1
 
 
-def end_workers(timeout: float = 5.0) -> list[int]:
+def end_workers(timeout: float = 5.0, *, spare: Collection[int | None] = ()) -> list[int]:
     """Kill this process's daemonic children (DataLoader workers) that are still alive.
 
     Workers ignore SIGINT and SIGTERM (``ignore_stop_signals``), and Python's exit-time clean-up
     terminates daemonic children with SIGTERM and then joins them: after an error that left a
     loader's workers running, that join never returns. SIGKILL cannot be ignored.
 
+    Args:
+        timeout: Seconds to wait for each killed child.
+        spare: PIDs left alone: ``run_cli`` passes the children its caller had before the command
+            ran (a caller's ``multiprocessing.Pool``, its own processes).
+
     Returns:
         The PIDs killed.
     """
-    killed = []
-    for child in multiprocessing.active_children():
-        if child.daemon and child.is_alive() and child.pid is not None:
-            child.kill()
-            killed.append(child.pid)
-    for child in multiprocessing.active_children():
+    ours = [
+        child
+        for child in multiprocessing.active_children()
+        if child.daemon and child.pid not in spare and child.is_alive() and child.pid is not None
+    ]
+    for child in ours:
+        child.kill()
+    for child in ours:
         child.join(timeout)
-    return killed
+    return [child.pid for child in ours if child.pid is not None]

@@ -216,6 +216,10 @@ class PretrainConfig:
                 ok = isinstance(value, (int, float)) and math.isfinite(value) and _in_range(value, meta)
             if not ok:
                 raise CLIError(f"{self.flag(f.name)} {value!r}: expected {allowed}.")
+        if not str(self.data).strip():
+            raise CLIError(
+                "--data is empty: pass DIV2K, Flickr2K, DF2K, a folder of HR images, or HR_DIR:LR_DIR."
+            )
         if self.crop % self.scale:
             raise CLIError(f"--crop {self.crop} is not a multiple of --scale {self.scale}.")
         if self.encoder == "learned" and self.num_feat % (self.scale**2) and not self.decoder_init:

@@ -16,17 +16,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import logging
 import os
 import re
+import stat
 import tarfile
 import urllib.error
 import urllib.request
 import warnings
 import zipfile
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,12 +37,11 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler, get_worker_info
 from tqdm.auto import tqdm
 
-from .._io import atomic_path, save_safetensors
+from .._io import atomic_path, remove_stale_temps, save_safetensors
 from ..resize import make_lr
 from .budget import available_bytes
 
@@ -106,7 +108,8 @@ class ImageSet:
 
 
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
-    """Image files directly in ``folder`` or below it, sorted by path.
+    """Image files directly in ``folder`` or below it, sorted by path; linked folders are followed
+    (each folder once, so a link loop ends).
 
     Raises:
         DataError: The folder does not exist or holds no images.
@@ -114,7 +117,17 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder; pass --data a dataset name or a folder of images.")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = []
+    seen: set[tuple[int, int]] = set()  # (device, inode) of each folder walked: a link loop ends
+    for root, dirs, names in os.walk(folder, followlinks=True):  # DF2K built of linked folders
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs.sort()
+        files += [Path(root, n) for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    files = sorted(p for p in files if p.is_file())
     if not files:
         raise DataError(f"{folder}: holds no images ({', '.join(IMAGE_SUFFIXES)}).")
     return files
@@ -130,7 +143,7 @@ def load_image(path: str | os.PathLike[str]) -> Tensor:
     Raises:
         OSError, ValueError, SyntaxError, Image.DecompressionBombError: The file cannot be decoded.
     """
-    with Image.open(path) as img:
+    with _open_image(path) as img:
         img.load()
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
@@ -142,6 +155,22 @@ def load_image(path: str | os.PathLike[str]) -> Tensor:
             rgb = img.convert("RGB")
     data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
     return data.view(rgb.height, rgb.width, 3).permute(2, 0, 1).contiguous()
+
+
+@contextlib.contextmanager
+def _open_image(path: str | os.PathLike[str]) -> Iterator[Image.Image]:
+    """``Image.open`` of a regular file only: a FIFO or device put in an image's place would block
+    the reader forever, so the file is opened without blocking and refused unless it is regular.
+
+    Raises:
+        OSError: ``path`` is not a regular file (or cannot be opened).
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or socket?)", os.fspath(path))
+        with Image.open(fh) as img:
+            yield img
 
 
 def _wide_to_uint8(img: Image.Image, strip: int = 256) -> Tensor:
@@ -374,13 +403,46 @@ def ram_cache_default() -> int:
     return min(2 << 30, free // 8) if free else 512 << 20
 
 
-def _skip(path: Path, why: str) -> None:
-    warnings.warn(f"skipping {path}: {why}.", stacklevel=4)
+def _stamp(path: Path) -> str:
+    """What identifies a file's content for the decoded cache: its size and modification time.
+
+    A file edited in place whose size and modification time are both restored afterwards (a
+    same-size edit, then ``touch -r`` or ``cp -p`` of the old time) keeps its stamp, and its cache
+    entry is served: delete ``.decoded/`` after such an edit (hashing every image at every read
+    would cost more than decoding it).
+    """
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+_SKIPS_SHOWN = 10  # start-up skips named one by one; the rest are counted in one warning
+
+
+def _warn_skipped(skipped: list[tuple[Path, str]], what: str) -> None:
+    """One warning per skipped file for the first few, then one that counts the rest by reason."""
+    for path, why in skipped[:_SKIPS_SHOWN]:
+        warnings.warn(f"skipping {path}: {why}.", stacklevel=4)
+    rest = skipped[_SKIPS_SHOWN:]
+    if rest:
+        reasons = Counter(_reason(why) for _, why in rest)
+        summary = ", ".join(f"{n:,} {reason}" for reason, n in reasons.most_common())
+        warnings.warn(f"skipping {len(rest):,} more {what}s: {summary}.", stacklevel=4)
+
+
+def _reason(why: str) -> str:
+    """A skip reason without its file-specific details, for counting."""
+    if why.startswith("not a readable image"):
+        return "not readable images"
+    if "smaller than" in why:
+        return "smaller than the crop"
+    if "its LR" in why:
+        return "with an LR image of the wrong size"
+    return why  # pragma: no cover - every start-up reason is named above
 
 
 def _header(path: Path) -> tuple[int, int] | BaseException:
     try:
-        with Image.open(path) as img:  # reads the header only
+        with _open_image(path) as img:  # reads the header only
             return img.size
     except DECODE_ERRORS as exc:
         return exc
@@ -404,13 +466,15 @@ def _read_headers(files: Sequence[Path], crop: int, what: str) -> dict[int, tupl
             )
         )
     keep: dict[int, tuple[int, int]] = {}
+    skipped: list[tuple[Path, str]] = []
     for i, (path, size) in enumerate(zip(files, sizes, strict=True)):
         if isinstance(size, BaseException):
-            _skip(path, f"not a readable image ({size.__class__.__name__})")
+            skipped.append((path, f"not a readable image ({size.__class__.__name__})"))
         elif min(size) < crop:
-            _skip(path, f"{size[0]}x{size[1]} is smaller than the {crop}px crop")
+            skipped.append((path, f"{size[0]}x{size[1]} is smaller than the {crop}px crop"))
         else:
             keep[i] = size
+    _warn_skipped(skipped, what)
     return keep
 
 
@@ -519,14 +583,16 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
         keep = list(sizes)
         if images.lr is not None:
             lr_sizes = _read_headers([images.lr[i] for i in keep], crop // scale, "LR image")
-            paired = []
+            paired, mismatched = [], []
             for j, i in enumerate(keep):
                 w, h = sizes[i]
                 if j in lr_sizes and lr_sizes[j] != (w // scale, h // scale):
                     lw, lh = lr_sizes[j]
-                    _skip(images.hr[i], f"its LR {images.lr[i]} is {lw}x{lh}, not {w // scale}x{h // scale}")
+                    why = f"its LR {images.lr[i]} is {lw}x{lh}, not {w // scale}x{h // scale}"
+                    mismatched.append((images.hr[i], why))
                 elif j in lr_sizes:
                     paired.append(i)
+            _warn_skipped(mismatched, "image")
             keep = paired
         if not keep:
             raise DataError(
@@ -535,6 +601,7 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
             )
         self.hr = [images.hr[i] for i in keep]
         self.lr = [images.lr[i] for i in keep] if images.lr is not None else None
+        self.sizes = [sizes[i] for i in keep]  # (width, height) at start-up: re-checked at decode
         lr_share = 1 + 1 / scale**2 if images.lr is not None else 1.0
         self.image_bytes = [int(3 * sizes[i][0] * sizes[i][1] * lr_share) for i in keep]
         self.ram_cache_bytes = ram_cache_default() if ram_cache_bytes is None else ram_cache_bytes
@@ -558,6 +625,13 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
         cache folder that are not in the plan (other sets, replaced files) are removed."""
         if self.cache_dir is None or cap == 0:
             return set()
+        if self.cache_dir.is_symlink():
+            warnings.warn(
+                f"the decoded-image cache is off for this run: {self.cache_dir} is a symbolic link "
+                f"(to {os.readlink(self.cache_dir)}); this package writes and prunes only its own folder.",
+                stacklevel=3,
+            )
+            return set()
         if cap is None:
             if sum(self.image_bytes) > DISK_CACHE_AUTO_BYTES:
                 return set()
@@ -569,17 +643,21 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
                 if self.lr is not None:
                     planned.add(self.lr[i])
                 used += size
-        keys = {self._cache_file(p).name for p in planned if p.exists()}
+        keys = {self._cache_file(p).name for p in planned}
         if self.cache_dir.is_dir():
             for entry in self.cache_dir.iterdir():
                 if _CACHE_NAME.fullmatch(entry.name) and entry.name not in keys and _our_cache_entry(entry):
                     entry.unlink(missing_ok=True)
+            # a killed run's half-written entries: atomic_path's temp names, left over a minute ago
+            for tmp in remove_stale_temps(self.cache_dir, ["*"], older_than=60.0):
+                logger.debug("removed %s, a killed run's unfinished cache entry", tmp)
         return planned
 
     def _cache_file(self, path: Path) -> Path:
+        """One entry per image path: a file replaced under the same name overwrites its entry, so
+        the cache never holds more than the planned images (the cap holds across replacements)."""
         assert self.cache_dir is not None
-        stat = path.stat()  # a file replaced under the same name gets a new entry
-        key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+        key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
         return self.cache_dir / f"{key}.safetensors"
 
     def __len__(self) -> int:
@@ -591,29 +669,46 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
             self._ram = _LRUBytes(self.ram_cache_bytes // (info.num_workers if info else 1))
         return self._ram
 
-    def _pixels(self, path: Path) -> Tensor:
+    def _pixels(self, path: Path, size: tuple[int, int]) -> Tensor:
+        """``path``'s pixels, which must still be ``size`` (width, height) as at start-up.
+
+        Raises:
+            ValueError: The image now has another size (replaced during the run).
+            OSError, ...: It cannot be decoded any more (``DECODE_ERRORS``).
+        """
         ram = self._ram_cache()
         pixels = ram.get(path)
         if pixels is not None:
             return pixels
+        shape = (3, size[1], size[0])
         cached = self._cache_file(path) if path in self._on_disk else None
-        if cached is not None and cached.is_file():
+        stamp = _stamp(path) if cached is not None else ""
+        if cached is not None and cached.is_file() and not cached.is_symlink():
             try:
-                pixels = load_file(cached)["pixels"]
-            except Exception:  # a stale or broken cache entry: decode again
-                cached.unlink(missing_ok=True)
+                with safe_open(str(cached), framework="pt") as fh:
+                    if (fh.metadata() or {}).get("source") == stamp:  # the same file: size and mtime
+                        pixels = fh.get_tensor("pixels")
+            except Exception:  # a broken entry: decode again (and overwrite it)
+                pixels = None
+            if pixels is not None and (pixels.dtype != torch.uint8 or tuple(pixels.shape) != shape):
+                pixels = None  # an entry of another shape is not this image's: decode again
         if pixels is None:
             pixels = load_image(path)
+            if tuple(pixels.shape) != shape:
+                raise ValueError(
+                    f"it is now {pixels.shape[2]}x{pixels.shape[1]}, not the {size[0]}x{size[1]} it was "
+                    "at start-up (replaced during the run?)"
+                )
             if cached is not None:
-                self._write_cache(cached, pixels)
+                self._write_cache(cached, pixels, stamp)
         ram.put(path, pixels)
         return pixels
 
-    def _write_cache(self, cached: Path, pixels: Tensor) -> None:
+    def _write_cache(self, cached: Path, pixels: Tensor, stamp: str) -> None:
         """A failed cache write (disk full, read-only) turns this process's disk cache off, once."""
         try:
             with atomic_path(cached) as tmp:
-                save_safetensors({"pixels": pixels}, tmp, metadata=_CACHE_MARK)
+                save_safetensors({"pixels": pixels}, tmp, metadata={**_CACHE_MARK, "source": stamp})
         except OSError as exc:
             warnings.warn(f"the decoded-image cache is off for this run: {exc}.", stacklevel=4)
             self._on_disk = set()
@@ -631,9 +726,14 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
             i = (index + attempt) % len(self.hr)  # an unreadable image: the next one, in list order
             if i in self._bad:
                 continue
+            w, h = self.sizes[i]
             try:
-                hr = self._pixels(self.hr[i])
-                lr = self._pixels(self.lr[i]) if self.lr is not None else None
+                hr = self._pixels(self.hr[i], (w, h))
+                lr = (
+                    self._pixels(self.lr[i], (w // self.scale, h // self.scale))
+                    if self.lr is not None
+                    else None
+                )
             except DECODE_ERRORS as exc:
                 self._bad.add(i)
                 detail = str(exc).splitlines()[0][:160] if str(exc) else exc.__class__.__name__

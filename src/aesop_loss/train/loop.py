@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -511,6 +512,22 @@ def _save(run: PretrainRun, folder: RunFolder) -> None:
     run.save()
 
 
+def _last_line(exc: BaseException) -> str:
+    """An error's own message: a DataLoader worker's arrives as the last line of its traceback,
+    prefixed with the exception's qualified name (``aesop_loss.train.data.DataError: ...``)."""
+    text = str(exc).strip()
+    line = text.splitlines()[-1] if text else type(exc).__name__
+    return re.sub(r"^[\w.]*(Error|Exception): ", "", line)
+
+
+def _shut_down(batches: Any) -> None:
+    """Stop a DataLoader iterator's workers now, in order: left to the garbage collector after an
+    error, they would be killed by the exit clean-up instead, which torch reports as a crash."""
+    shutdown = getattr(batches, "_shutdown_workers", None)  # torch's own, 2.1 to 2.13
+    if shutdown is not None:
+        shutdown()
+
+
 def _first_nonfinite(first: Tensor, step: int, loss: Tensor) -> Tensor:
     """Update, without a host sync, the first step whose loss was NaN or Inf (-1: none yet)."""
     bad = ~torch.isfinite(loss)
@@ -587,8 +604,8 @@ def _train(cfg: PretrainConfig, env: Distributed, folder: RunFolder, teacher: Au
             while run.step < cfg.steps:
                 try:
                     hr, lr = next(batches)
-                except DataError as exc:
-                    raise CLIError(str(exc).strip().splitlines()[-1]) from None
+                except Exception as exc:  # a worker's error arrives as its last line, after a traceback
+                    raise CLIError(f"reading the data: {_last_line(exc)}") from None
                 rec, bott, loss = run.train_step(hr, lr)
                 first_bad = _first_nonfinite(first_bad, run.step, loss)
                 sums += torch.stack((rec, bott, loss))
@@ -650,6 +667,7 @@ def _train(cfg: PretrainConfig, env: Distributed, folder: RunFolder, teacher: Au
         raise
     finally:
         bar.close()
+        _shut_down(batches)
     if stopped:
         logger.info("stopped at step %d; saved %s (continue with --resume)", run.step, run.ckpt)
         raise KeyboardInterrupt
