@@ -528,6 +528,8 @@ _W = torch.zeros(1)
                   "layers.0.swin1.attn.relative_position_index": _INDEX}),
         ("SPANPlus", {"feats.0.eval_conv.weight": _W, "feats.1.block_1.c1_r.sk.weight": _W}),
         ("ArtCNN", {"conv0.weight": _W, "depth_to_space.upscale.0.weight": _W}),
+        ("ATD", {"layers.0.residual_group.td.0.weight": _W, "relative_position_index_SA": _INDEX}),
+        ("RGT", {"layers.0.blocks.0.gamma": _W, "layers.0.blocks.0.attn.rpi": _INDEX}),
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])

@@ -615,6 +615,11 @@ _OTHER_ARCHITECTURES = (
 )
 
 
+def _has(sd: Mapping[str, Tensor], key: str) -> bool:
+    """Whether ``sd`` holds ``key``, or tensors under ``key`` as a module prefix."""
+    return key in sd or any(k.startswith(key + ".") for k in sd)
+
+
 def _refuse_other_architecture(sd: Mapping[str, Tensor], source: str) -> None:
     """Refuse, by name, a network (or an AE whose decoder is one) that this package does not implement.
 
@@ -624,7 +629,7 @@ def _refuse_other_architecture(sd: Mapping[str, Tensor], source: str) -> None:
     for part, prefix in (("", ""), ("an AE whose decoder is ", "decoder.")):
         inner = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
         for name, key in _OTHER_ARCHITECTURES:
-            if key in inner:
+            if _has(inner, key):
                 raise CheckpointError(
                     f"{source}: {part}{name}, an architecture aesop-loss does not implement; it reads "
                     "AEs with an RRDB (ESRGAN) or SRVGGNetCompact (PReLU) decoder only."
@@ -634,7 +639,7 @@ def _refuse_other_architecture(sd: Mapping[str, Tensor], source: str) -> None:
 def _name_generator(sd: Mapping[str, Tensor]) -> str:
     """A readable name for the generator a state dict holds, for error messages."""
     for name, key in _OTHER_ARCHITECTURES:
-        if key in sd:
+        if _has(sd, key):
             return f"{name}, an architecture aesop-loss does not implement"
     if "model.0.weight" in sd or "conv_first.weight" in sd:
         return "an RRDB (ESRGAN) generator"
