@@ -21,12 +21,20 @@ more seeds here: they add units at the same cost and vary the held-out image too
     python benchmarks/bench_guidance.py                          # the default run (benchmarks/README.md)
     python benchmarks/bench_guidance.py --ae demo --ae ./my-ae --seeds 3 --steps 600
     python benchmarks/bench_guidance.py --smoke                  # a few steps, for the tests
+    python benchmarks/bench_guidance.py --report guidance.jsonl  # the report of a (stopped) run
+
+Infinite scores: a net whose output equals the target on a crop (flat or black regions) scores an
+infinite PSNR there. Every per-crop score of every loss is capped at --psnr-cap dB (default 60), so
+those crops stay in the paired comparison, and the report says how many scores the cap touched.
+Each unit's per-crop scores are appended to --record (JSON lines) as the unit finishes, so a stop
+or a crash keeps what was measured; --report rebuilds the report from such a file.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 import statistics
 import sys
@@ -77,15 +85,80 @@ def train_one(criterion: nn.Module, batches: list[tuple[Tensor, Tensor]], seed: 
 
 
 @torch.no_grad()
-def score(net: nn.Module, crops: list[Tensor], reference: AutoEncoder) -> dict[str, float]:
-    """Mean PSNR-Y, LR-PSNR and AE-PSNR (under ``reference``) over the held-out crops."""
+def score(net: nn.Module, crops: list[Tensor], reference: AutoEncoder) -> dict[str, list[float]]:
+    """PSNR-Y, LR-PSNR and AE-PSNR (under ``reference``) of each held-out crop, uncapped."""
     values: dict[str, list[float]] = {m: [] for m in METRICS}
     for hr in crops:
         sr = net(make_lr(hr, 4)).clamp(0, 1)
         values["psnr_y"].append(float(psnr(sr, hr, crop_border=4)))
         values["lr_psnr"].append(float(lr_psnr(sr, hr, scale=4)))
         values["ae_psnr"].append(float(ae_psnr(reference, sr, hr)))
-    return {m: statistics.fmean(v) for m, v in values.items()}
+    return values
+
+
+def record_unit(path: Path, unit: dict[str, object]) -> None:
+    """Append one unit's per-crop scores as a JSON line (an infinite score is written as null)."""
+    clean = {
+        k: ([None if math.isinf(x) else x for x in v] if isinstance(v, list) else v) for k, v in unit.items()
+    }
+    with path.open("a") as fh:
+        fh.write(json.dumps(clean) + "\n")
+
+
+def read_units(path: Path) -> list[dict[str, object]]:
+    """The units recorded in ``path`` (null scores read back as infinite); a torn last line is skipped."""
+    units = []
+    for line in path.read_text().splitlines():
+        try:
+            unit = json.loads(line)
+        except json.JSONDecodeError:  # a run killed mid-write
+            continue
+        for m in METRICS:
+            unit[m] = [math.inf if x is None else x for x in unit[m]]
+        units.append(unit)
+    return units
+
+
+def report(units: list[dict[str, object]], cap: float) -> None:
+    """Per-loss mean +- sd over units and paired differences, every crop score capped at ``cap``."""
+    names = list(dict.fromkeys(str(u["loss"]) for u in units))
+    by = {(u["loss"], u["fold"], u["seed"]): u for u in units}
+    # the units every loss finished (a stopped run's last unit may lack some losses)
+    keys = [
+        k for k in dict.fromkeys((u["fold"], u["seed"]) for u in units) if all((n, *k) in by for n in names)
+    ]
+    touched = dict.fromkeys(METRICS, 0)
+    total = 0
+    results: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    for name in names:
+        for key in keys:
+            unit = by[(name, *key)]
+            row = {}
+            for m in METRICS:
+                raw = unit[m]
+                assert isinstance(raw, list)
+                touched[m] += sum(x > cap for x in raw)
+                row[m] = statistics.fmean(min(x, cap) for x in raw)
+            total += len(unit["psnr_y"])  # type: ignore[arg-type]
+            results[name].append(row)
+    print(f"# {len(keys)} paired units complete; every crop score capped at {cap:g} dB for every loss "
+          f"(an exact match scores an infinite PSNR): the cap touched "
+          + ", ".join(f"{touched[m]} {m}" for m in METRICS) + f" of {total} crop scores each")  # fmt: skip
+    print(f"\n{'loss':<22}" + "".join(f"{m + ' (dB)':>22}" for m in METRICS))
+    for name, rows in results.items():
+        cells = []
+        for m in METRICS:
+            values = [r[m] for r in rows]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.fmean(values):>13.2f} +- {sd:5.2f}")
+        print(f"{name:<22}" + "".join(f"{c:>22}" for c in cells))
+    print("\npaired difference (first - second), mean [95% interval] over units, dB")
+    for a, b in itertools.combinations(reversed(names), 2):  # each AE loss minus L1, later AEs minus earlier
+        for m in METRICS:
+            diffs = [ra[m] - rb[m] for ra, rb in zip(results[a], results[b], strict=True)]
+            d = MeanInterval.of(diffs)
+            verdict = "tie" if d.tie else (f"{a} higher" if d.mean > 0 else f"{b} higher")
+            print(f"{a + ' - ' + b:<36}{m:<9}{d.mean:+7.2f} [{d.low:+6.2f}, {d.high:+6.2f}]  {verdict}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,8 +174,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (cosine decay to lr/20)")
     p.add_argument("--eval-size", type=int, default=128, help="held-out crop side")
     p.add_argument("--eval-crops", type=int, default=4, help="held-out crops per image")
+    p.add_argument("--psnr-cap", type=float, default=60.0, help="cap of every crop score, dB (all losses)")
+    p.add_argument("--record", type=Path, help="JSON lines of per-crop scores, one per unit as it ends "
+                   "(default: bench_guidance-<time>.jsonl in the current folder)")  # fmt: skip
+    p.add_argument("--report", type=Path, help="print the report of a --record file and exit")
     p.add_argument("--smoke", action="store_true", help="2 folds, 1 seed, 3 steps, small crops (tests)")
     args = p.parse_args(argv)
+    if not args.psnr_cap > 0 or math.isinf(args.psnr_cap):
+        p.error(f"--psnr-cap {args.psnr_cap}: expected a finite number of dB > 0")
+    if args.report is not None:
+        units = read_units(args.report)
+        if not units:
+            p.error(f"--report {args.report}: holds no complete unit")
+        report(units, args.psnr_cap)
+        return 0
     if args.smoke:
         args.seeds, args.steps, args.crop, args.batch_size, args.eval_size, args.eval_crops = (
             1,
@@ -129,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.steps} steps of batch {args.batch_size} x {args.crop}^2, cosine lr {args.lr:g}; "
           f"held-out: {args.eval_crops} crops of {args.eval_size}^2 per image; AE-PSNR under "
           f"{args.reference_ae!r}")  # fmt: skip
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in losses}
+    record = args.record or Path(f"bench_guidance-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+    print(f"# per-crop scores go to {record} as each unit ends (--report {record} rebuilds this report)")
+    units: list[dict[str, object]] = []
     t0 = time.perf_counter()
     for fold, (train_files, held) in enumerate(folds):
         crops = [c for path in held for c in held_out_crops(path, args.eval_size, args.eval_crops)]
@@ -138,26 +225,13 @@ def main(argv: list[str] | None = None) -> int:
                                crops_per_image=args.batch_size, ram_cache_bytes=1 << 30)  # fmt: skip
             batches = [collate_crops([data[g]]) for g in range(args.steps)]  # the same for every loss
             for name, criterion in losses.items():
-                results[name].append(score(train_one(criterion, batches, seed, args.lr), crops, reference))
+                scores = score(train_one(criterion, batches, seed, args.lr), crops, reference)
+                unit: dict[str, object] = {"loss": name, "fold": fold, "seed": seed, **scores}
+                record_unit(record, unit)
+                units.append(unit)
             print(f"# fold {fold + 1}/{len(folds)} ({', '.join(p.name for p in held)}), seed {seed}: "
                   f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)  # fmt: skip
-    print(f"\n{'loss':<22}" + "".join(f"{m + ' (dB)':>22}" for m in METRICS))
-    for name, rows in results.items():
-        cells = []
-        for m in METRICS:
-            values = [r[m] for r in rows]
-            sd = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.fmean(values):>13.2f} +- {sd:5.2f}")
-        print(f"{name:<22}" + "".join(f"{c:>22}" for c in cells))
-    print("\npaired difference (first - second), mean [95% interval] over units, dB")
-    for a, b in itertools.combinations(
-        reversed(list(results)), 2
-    ):  # each AE loss minus L1, later AEs minus earlier
-        for m in METRICS:
-            diffs = [ra[m] - rb[m] for ra, rb in zip(results[a], results[b], strict=True)]
-            d = MeanInterval.of(diffs)
-            verdict = "tie" if d.tie else (f"{a} higher" if d.mean > 0 else f"{b} higher")
-            print(f"{a + ' - ' + b:<36}{m:<9}{d.mean:+7.2f} [{d.low:+6.2f}, {d.high:+6.2f}]  {verdict}")
+    report(units, args.psnr_cap)
     print(f"\n# {time.perf_counter() - t0:.0f} s")
     return 0
 

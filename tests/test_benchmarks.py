@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -89,9 +90,15 @@ def test_bench_data_prints_startup_rates_and_peaks_per_worker_count(tmp_path):
         assert int(rows[1][5]) > 0  # the workers' peak is measured
 
 
-def test_bench_guidance_smoke_prints_spreads_and_paired_intervals():
-    out = _run("bench_guidance.py", "--smoke")
+def test_bench_guidance_smoke_prints_spreads_and_paired_intervals(tmp_path):
+    record = tmp_path / "guidance.jsonl"
+    out = _run("bench_guidance.py", "--smoke", "--record", str(record))
     assert "2 folds x 1 seeds = 2 paired units" in out
+    assert "every crop score capped at 60 dB for every loss" in out
+    assert len(record.read_text().splitlines()) == 2 * 3  # one line per unit and loss, as each ended
+    again = _run("bench_guidance.py", "--report", str(record))
+    report = out.split("# 2 paired units")[1].rsplit("\n# ", 1)[0]  # the report, less the time taken
+    assert again.split("# 2 paired units")[1].strip() == report.strip()
     for loss in ("L1", "AESOP demo", "AESOP demo-compact"):
         assert re.search(rf"^{loss}(\s+\d+\.\d\d \+-\s+\d+\.\d\d){{3}}$", out, re.M), out
     pairs = re.findall(
@@ -115,3 +122,22 @@ def test_bench_loss_fidelity_gives_each_precisions_errors_with_their_spread(caps
     assert 0 < loss_err < 0.1
     assert grad_err > 0.05  # what the README reports: bf16 moves the gradient far more than the loss
     assert cosines["bf16"] < 1.0
+
+
+def test_bench_guidance_report_caps_exact_matches_for_every_loss_and_says_so(tmp_path):
+    # dark crops that a net reproduces exactly score an infinite PSNR: this used to crash
+    # (statistics.stdev on inf) after all the training
+    record = tmp_path / "guidance.jsonl"
+    lines = []
+    for seed in range(3):
+        for loss, shift in (("L1", 0.0), ("AESOP demo", 0.5)):
+            unit = {"loss": loss, "fold": 0, "seed": seed}
+            for m in ("psnr_y", "lr_psnr", "ae_psnr"):
+                unit[m] = [30.0 + shift + seed, None if loss == "L1" else 70.0, 35.0 + shift]  # null: inf
+            lines.append(json.dumps(unit))
+    record.write_text("\n".join(lines) + "\n" + '{"loss": "L1", "fo')  # and a torn last line
+    out = _run("bench_guidance.py", "--report", str(record))
+    assert "# 3 paired units complete; every crop score capped at 60 dB for every loss" in out
+    assert "the cap touched 6 psnr_y, 6 lr_psnr, 6 ae_psnr of 18 crop scores each" in out
+    pairs = re.findall(r"^AESOP demo - L1\s+(psnr_y|lr_psnr|ae_psnr)\s+\+0\.33 \[", out, re.M)
+    assert pairs == ["psnr_y", "lr_psnr", "ae_psnr"], out  # (0.5 + 0.5 + 0) / 3 per unit, paired

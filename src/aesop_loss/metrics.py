@@ -28,7 +28,9 @@ def rgb_to_y(x: Tensor) -> Tensor:
     return (16.0 + 65.481 * r + 128.553 * g + 24.966 * b) / 255.0
 
 
-def psnr(x: Tensor, y: Tensor, *, crop_border: int = 0, y_channel: bool = True) -> Tensor:
+def psnr(
+    x: Tensor, y: Tensor, *, crop_border: int = 0, y_channel: bool = True, max_db: float | None = None
+) -> Tensor:
     """PSNR in dB per image, on the Y channel with ``crop_border`` pixels removed (SR convention).
 
     Args:
@@ -36,16 +38,20 @@ def psnr(x: Tensor, y: Tensor, *, crop_border: int = 0, y_channel: bool = True) 
         y: Reference images of the same shape.
         crop_border: Pixels to drop at each edge (usually the SR scale).
         y_channel: Measure on BT.601 luma instead of RGB.
+        max_db: Cap every value at this many dB. Identical 8-bit images (common on flat or black
+            crops) score ``inf``, which no mean or interval survives; a cap applied to every
+            method alike keeps such crops in a paired comparison. ``None``: no cap.
 
     Returns:
-        ``(N,)`` PSNR values; ``inf`` for identical images (as BasicSR's ``calculate_psnr``).
+        ``(N,)`` PSNR values; ``inf`` for identical images (as BasicSR's ``calculate_psnr``) unless
+        ``max_db`` caps them.
 
     Examples:
         >>> x = torch.zeros(1, 3, 8, 8)
         >>> round(float(psnr(x, x + 0.1, y_channel=False)), 2)
         19.83
-        >>> float(psnr(x, x))
-        inf
+        >>> float(psnr(x, x)), float(psnr(x, x, max_db=60))
+        (inf, 60.0)
     """
     if x.shape != y.shape:
         raise ValueError(f"psnr: shapes differ, {tuple(x.shape)} vs {tuple(y.shape)}.")
@@ -57,19 +63,24 @@ def psnr(x: Tensor, y: Tensor, *, crop_border: int = 0, y_channel: bool = True) 
         x = x[..., crop_border:-crop_border, crop_border:-crop_border]
         y = y[..., crop_border:-crop_border, crop_border:-crop_border]
     mse = (x.double() - y.double()).square().flatten(1).mean(1)
-    return (10 * torch.log10(1.0 / mse)).float()  # mse 0 -> inf
+    db = (10 * torch.log10(1.0 / mse)).float()  # mse 0 -> inf
+    return db if max_db is None else db.clamp(max=max_db)
 
 
 @torch.no_grad()
-def ae_psnr(ae: AutoEncoder, sr: Tensor, hr: Tensor, *, crop_border: int | None = None) -> Tensor:
-    """The paper's AE-PSNR: PSNR(AE(hr), AE(sr)), fidelity in AE space (higher is better)."""
+def ae_psnr(
+    ae: AutoEncoder, sr: Tensor, hr: Tensor, *, crop_border: int | None = None, max_db: float | None = None
+) -> Tensor:
+    """The paper's AE-PSNR: PSNR(AE(hr), AE(sr)), fidelity in AE space (higher is better);
+    ``max_db`` as in ``psnr``."""
     border = ae.scale if crop_border is None else crop_border
-    return psnr(ae(sr), ae(hr), crop_border=border)
+    return psnr(ae(sr), ae(hr), crop_border=border, max_db=max_db)
 
 
-def lr_psnr(sr: Tensor, hr: Tensor, *, scale: int) -> Tensor:
-    """The paper's LR-PSNR: PSNR of the MATLAB-bicubic downsampled pair (LR consistency)."""
-    return psnr(imresize(sr.double(), 1 / scale), imresize(hr.double(), 1 / scale))
+def lr_psnr(sr: Tensor, hr: Tensor, *, scale: int, max_db: float | None = None) -> Tensor:
+    """The paper's LR-PSNR: PSNR of the MATLAB-bicubic downsampled pair (LR consistency);
+    ``max_db`` as in ``psnr``."""
+    return psnr(imresize(sr.double(), 1 / scale), imresize(hr.double(), 1 / scale), max_db=max_db)
 
 
 def _t_quantile_975(df: int) -> float:
@@ -114,7 +125,19 @@ class MeanInterval:
 
     @classmethod
     def of(cls, values: Sequence[float]) -> MeanInterval:
-        """The mean of ``values`` and its 95% interval (infinite for fewer than two values)."""
+        """The mean of ``values`` and its 95% interval (infinite for fewer than two values).
+
+        Raises:
+            ValueError: A value is NaN or infinite (an exact match's PSNR is ``inf``: cap the
+                scores, e.g. ``psnr(..., max_db=60)``, for every method alike).
+        """
+        bad = [v for v in values if not math.isfinite(v)]
+        if bad:
+            raise ValueError(
+                f"MeanInterval: {len(bad)} of {len(values)} values are not finite ({bad[0]}); an exact "
+                "match scores an infinite PSNR: cap the scores first (psnr(..., max_db=60)), for every "
+                "method alike so that pairs stay paired."
+            )
         m = statistics.fmean(values)
         if len(values) < 2:
             return cls(m, -math.inf, math.inf, len(values))
