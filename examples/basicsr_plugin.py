@@ -30,6 +30,9 @@ negative weight a meaning of its own): use ``aesop_loss.integrations.neosr`` and
 
 from __future__ import annotations
 
+import aesop_loss  # noqa: F401 - first: it imports torch without torch's NumPy notice
+
+# isort: split
 import argparse
 import copy
 from typing import Any

@@ -15,6 +15,9 @@
 
 from __future__ import annotations
 
+import aesop_loss  # noqa: F401 - first: it imports torch without torch's NumPy notice
+
+# isort: split
 import argparse
 import statistics
 import time

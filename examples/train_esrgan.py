@@ -16,6 +16,9 @@ downloadable); without them the run says so and continues without it, unless --r
 
 from __future__ import annotations
 
+import aesop_loss  # noqa: F401 - first: it imports torch without torch's NumPy notice
+
+# isort: split
 import argparse
 import copy
 import json

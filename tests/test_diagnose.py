@@ -200,11 +200,30 @@ def test_report_columns_and_rounding_against_the_thresholds():
 def test_the_command_shows_progress_and_starts_the_report_on_its_own_line(monkeypatch, capsys):
     import aesop_loss.diagnose as command
 
-    monkeypatch.setattr(command._Progress, "__init__", lambda self, after=0.0: setattr(self, "shown", True))
+    init = command._Progress.__init__
+    monkeypatch.setattr(command._Progress, "__init__", lambda self: init(self, after=0.0, every=0.0))
     assert run_cli(main, ["demo", "--size", "64", "--tiles", "1"]) == 0
     captured = capsys.readouterr()
     assert captured.err.endswith("diagnose: 7/7 images measured\n")
     assert captured.out.startswith("AE: demo\n")
+
+
+def test_progress_in_a_log_is_plain_lines_not_carriage_returns(tmp_path):
+    # stderr to a file, as in `... 2> log`: was "1/7 images measured\rdiagnose: 2/7 ..." on one line
+    import subprocess
+    import sys
+
+    code = ("import aesop_loss.diagnose as d, sys; i = d._Progress.__init__; "
+            "d._Progress.__init__ = lambda self: i(self, after=0.0, every=0.0); "
+            "sys.exit(d.run_cli(d.main, ['demo', '--size', '64', '--tiles', '1']))")  # fmt: skip
+    log = tmp_path / "log.txt"
+    with log.open("w") as err:
+        proc = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=err, timeout=120)
+    assert proc.returncode == 0
+    text = log.read_text()
+    assert "\r" not in text
+    counts = [line for line in text.splitlines() if line.startswith("diagnose: ")]
+    assert counts == [f"diagnose: {i}/7 images measured" for i in range(1, 8)]
 
 
 def test_images_that_cannot_be_measured_are_skipped_and_the_work_is_bounded(tmp_path, capsys, monkeypatch):

@@ -12,11 +12,14 @@ import warnings
 
 # torch warns at import when NumPy is missing ("Failed to initialize NumPy"); this package never
 # needs NumPy (its dependencies are torch, safetensors and huggingface-hub), so the warning is noise.
-warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
+# Silenced for this import only: the process's warning filters stay as they were.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
+    import torch  # noqa: F401
 
-from ._version import __version__  # noqa: E402 - after the filter, which must precede torch
-from .archs import AutoEncoder, RRDBNet, SRVGGNetCompact  # noqa: E402
-from .checkpoints import CheckpointError  # noqa: E402
-from .loss import AESOPLoss  # noqa: E402
+from ._version import __version__
+from .archs import AutoEncoder, RRDBNet, SRVGGNetCompact
+from .checkpoints import CheckpointError
+from .loss import AESOPLoss
 
 __all__ = ["AESOPLoss", "AutoEncoder", "CheckpointError", "RRDBNet", "SRVGGNetCompact", "__version__"]

@@ -11,6 +11,7 @@ interpreter's own exit-time clean-up would wait for them forever.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import multiprocessing
 import os
@@ -19,9 +20,10 @@ import traceback
 from collections.abc import Callable, Collection, Sequence
 
 from ._io import WriteError
+from ._version import __version__
 from .checkpoints import CheckpointError
 
-__all__ = ["CLIError", "end_workers", "run_cli"]
+__all__ = ["CLIError", "add_version", "end_workers", "run_cli"]
 
 
 class CLIError(Exception):
@@ -36,6 +38,11 @@ class CLIError(Exception):
     def __init__(self, message: str, *, exit_code: int = 2) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """Give a command ``--version``: its name and the package's version, then exit 0."""
+    parser.add_argument("--version", action="version", version=f"%(prog)s (aesop-loss {__version__})")
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:

@@ -45,7 +45,7 @@ from safetensors.torch import load_file
 from ._io import atomic_path, atomic_write_text, remove_stale_temps, save_safetensors, sha256_file
 from .archs import AutoEncoder
 from .checkpoints import canonicalize_autoencoder, trainner_autoencoder_state_dict
-from .cli import CLIError, run_cli
+from .cli import CLIError, add_version, run_cli
 from .hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, prepare_push, push_folder_to_hub
 
 __all__ = ["console_main", "convert", "main", "to_trainner", "trainner_options"]
@@ -305,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,  # an abbreviated flag (--overwr) would be taken for the whole one silently
     )
+    add_version(parser)
     parser.add_argument(
         "src",
         help="the source checkpoint (.pth or .safetensors; with --to trainner also a folder, Hub id, demo)",

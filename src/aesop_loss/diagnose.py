@@ -14,6 +14,7 @@ needs the training extra (``pip install "aesop-loss[train]"``).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .archs import AutoEncoder
-from .cli import CLIError, run_cli
+from .cli import CLIError, add_version, run_cli
 from .diagnostics import MAX_SIZE, diagnose
 from .train.config import check_device  # no Pillow needed: the flag checks of the training tool
 
@@ -97,17 +98,27 @@ _MAX_PIXELS = 64 * 10**6  # larger images are skipped: decoding one takes longer
 
 
 class _Progress:
-    """A one-line progress count on stderr, shown once a run has taken more than a couple of seconds."""
+    """A progress count on stderr, shown once a run has taken more than a couple of seconds: one
+    line redrawn on a terminal; elsewhere (a log, a pipe) a plain line at most every ``every``
+    seconds and one at the end."""
 
-    def __init__(self, after: float = 2.0) -> None:
-        self.start, self.after, self.shown = time.monotonic(), after, False
+    def __init__(self, after: float = 2.0, every: float = 10.0) -> None:
+        self.start, self.after, self.every, self.shown = time.monotonic(), after, every, False
+        self.last = -math.inf
+        self.terminal = sys.stderr.isatty()
 
     def __call__(self, done: int, total: int) -> None:
-        if not self.shown and time.monotonic() - self.start < self.after:
+        now = time.monotonic()
+        if not self.shown and now - self.start < self.after:
             return
         self.shown = True
-        end = "\n" if done == total else ""  # the report starts on a line of its own
-        print(f"\rdiagnose: {done}/{total} images measured", end=end, file=sys.stderr, flush=True)
+        text = f"diagnose: {done}/{total} images measured"
+        if self.terminal:
+            end = "\n" if done == total else ""  # the report starts on a line of its own
+            print(f"\r{text}", end=end, file=sys.stderr, flush=True)
+        elif done == total or now - self.last >= self.every:
+            self.last = now
+            print(text, file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -118,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,  # an abbreviated flag (--overwr) would be taken for the whole one silently
     )
+    add_version(p)
     p.add_argument("ae", help="the AE: folder, run folder, .pth, .safetensors, Hub id, or 'demo'")
     p.add_argument("--images", type=Path, help="folder of HR images (default: the bundled sample photos)")
     p.add_argument(

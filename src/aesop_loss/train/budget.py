@@ -200,6 +200,10 @@ def check_budget(
         f"estimated cost: {est.step_bytes / gib:.2f} GiB of {where} and {est.step_seconds:.2f} s per step; "
         f"{cfg.steps:,} steps: about {_human_time(est.run_seconds)}"
     )
+    message += (
+        " (from two probe steps: on a machine busy with other work it has been off by up to 4x either "
+        "way; the progress line re-estimates the time left from the steps measured)"
+    )
     if device.type == "cpu" and est.run_seconds > _SLOW_CPU_RUN_S:
         message += (
             " on this CPU. For a quick run: --preset tiny (about 20 s) or --preset demo (the bundled "

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from .._compat import autocast, grad_scaler
-from ..cli import CLIError
+from ..cli import CLIError, add_version
 
 __all__ = ["AMP_DTYPES", "PRESETS", "PretrainConfig", "amp_dtype", "check_amp", "check_device", "data_key"]
 
@@ -264,6 +264,7 @@ class PretrainConfig:
             formatter_class=argparse.RawDescriptionHelpFormatter,
             allow_abbrev=False,  # an abbreviated flag would lose to --preset's value without a word
         )
+        add_version(p)
         groups = [p.add_argument_group(title) for title in GROUPS]
         for f in dataclasses.fields(cls):
             meta = f.metadata

@@ -39,11 +39,11 @@ from PIL import Image, UnidentifiedImageError
 from safetensors import safe_open
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler, get_worker_info
-from tqdm.auto import tqdm
 
 from .._io import atomic_path, remove_stale_temps, save_safetensors
 from ..resize import make_lr
 from .budget import available_bytes
+from .progress import progress
 
 __all__ = [
     "DATASETS",
@@ -225,7 +225,7 @@ def download(url: str, dest: Path, *, timeout: float = 60.0) -> Path:
             total = have + int(length) if length is not None else None
             with (
                 open(part, "ab" if have else "wb") as fh,
-                tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=dest.name) as bar,
+                progress(total=total, initial=have, unit="B", unit_scale=True, desc=dest.name) as bar,
             ):
                 while chunk := response.read(1 << 20):
                     fh.write(chunk)
@@ -456,7 +456,7 @@ def _read_headers(files: Sequence[Path], crop: int, what: str) -> dict[int, tupl
     threads = min(_HEADER_THREADS, max(1, len(files)))
     with ThreadPoolExecutor(threads) as pool:
         sizes = list(
-            tqdm(
+            progress(
                 pool.map(_header, files),
                 total=len(files),
                 desc=f"reading {what} headers",

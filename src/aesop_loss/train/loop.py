@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from .._compat import autocast, compile_module, grad_scaler, load_weights
 from .._io import WriteError, atomic_path
@@ -49,6 +48,7 @@ from .data import (
     prepare_validation,
 )
 from .ema import ema_update
+from .progress import progress
 from .runs import RunFolder, files_fingerprint, weights_fingerprint
 from .signals import StopRequest, ignore_stop_signals
 
@@ -593,7 +593,8 @@ def _train(cfg: PretrainConfig, env: Distributed, folder: RunFolder, teacher: Au
         prefetch_factor=4 if cfg.workers > 0 else None,
     )
     val_set = _validation_set(val_paths, cfg.scale) if env.main else []
-    bar = tqdm(total=cfg.steps, initial=run.step, desc="pretrain", disable=not env.main, dynamic_ncols=True)
+    bar = progress(total=cfg.steps, initial=run.step, desc="pretrain", unit="step", disable=not env.main,
+                   dynamic_ncols=True)  # fmt: skip
     sums = torch.zeros(3, device=env.device)
     first_bad = torch.full((), -1, dtype=torch.long, device=env.device)
     window, t0 = 0, time.perf_counter()
