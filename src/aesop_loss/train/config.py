@@ -29,7 +29,8 @@ AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat1
 
 # --preset NAME: settings a run starts from; a flag given on the command line wins over its preset value.
 PRESETS: dict[str, dict[str, Any]] = {
-    # try the tool: a tiny AE, about 20 s on a 2-core CPU (about 23 dB reconstruction; not for research)
+    # try the tool: a tiny AE, about 20 s on an idle 2-core CPU, 75-99 s on a busy one (22.8-23.6 dB
+    # reconstruction over 3 seeds; not for research)
     "tiny": {"num_feat": 16, "num_block": 1, "num_grow_ch": 8, "crop": 64, "batch_size": 4, "steps": 300,
              "lr": 1e-3, "ema": 0.99, "save_every": 100, "val_every": 100, "log_every": 20},
     # the bundled demo AE's recipe (its model card): 8,000 steps, 20-25 minutes on a 2-core CPU
@@ -112,7 +113,7 @@ class PretrainConfig:
         metadata=_required("run folder; a loadable model folder after the first save", 4)
     )
     preset: str | None = _opt(
-        None, "start from named settings: tiny (about 20 s on a CPU, to try the tool), demo (the bundled "
+        None, "start from named settings: tiny (20 s to 2 min on a CPU, to try the tool), demo (the bundled "
         "demo AE's recipe, 20-25 min on a CPU) or paper (the defaults, for GPUs); flags you give win",
         1, choices=tuple(PRESETS),
     )  # fmt: skip
