@@ -9,7 +9,11 @@
    difference's 95% interval (a difference whose interval holds 0 is a tie), and a labelled
    side-by-side PNG (LR bicubic | L1 | AESOP | HR), by default examples/output/quickstart.png.
 
-    python examples/quickstart.py            # about 1 min on an idle 2-core CPU (56 s measured)
+It measures a few steps first and says what the run will cost on this machine before training;
+on a slow or busy machine it trains fewer steps to stay within --minutes (default 2) and says so.
+Ctrl-C during training keeps what was trained: the scores and the picture are made from it.
+
+    python examples/quickstart.py            # about 1 min on an idle 2-core CPU, about 2 on a busy one
     python examples/quickstart.py --smoke    # a few steps, for tests
 """
 
@@ -26,13 +30,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from aesop_loss import AESOPLoss, AutoEncoder, RRDBNet
 from aesop_loss.diagnostics import low_frequency_change, null_space_detail
 from aesop_loss.metrics import MeanInterval, ae_psnr, lr_psnr, psnr
 from aesop_loss.resize import imresize, make_lr
 from aesop_loss.train import CropDataset, ImageSet, collate_crops, list_images, load_image, save_labelled
+from aesop_loss.train.progress import progress
 
 HERE = Path(__file__).parent
 HELD_OUT = "chelsea.png"
@@ -74,17 +78,55 @@ class ResidualSR(nn.Module):
 
 def train(
     criterion: nn.Module, loader_iter, steps: int, device: torch.device, seed: int, label: str
-) -> nn.Module:
+) -> tuple[nn.Module, int]:
+    """The net trained for ``steps`` steps, and the steps done: Ctrl-C stops early and keeps it."""
     torch.manual_seed(seed)
     net = ResidualSR().to(device)
     opt = torch.optim.Adam(net.parameters(), lr=5e-4, betas=(0.9, 0.99))
-    for hr, lr in tqdm(loader_iter(steps), total=steps, desc=f"   training with {label}", leave=False):
-        hr, lr = hr.to(device).float() / 255, lr.to(device).float() / 255
+    done = 0
+    try:
+        for hr, lr in progress(
+            loader_iter(steps), total=steps, desc=f"   training with {label}", leave=False
+        ):
+            hr, lr = hr.to(device).float() / 255, lr.to(device).float() / 255
+            loss = criterion(net(lr), hr)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+    except KeyboardInterrupt:
+        print(f"   interrupted: {label} trained {done} of {steps} steps; scoring what there is")
+    return net.eval(), done
+
+
+def seconds_per_step(criterion: nn.Module, batch: tuple[Tensor, Tensor], device: torch.device) -> float:
+    """One training step's time, measured on a throwaway net (the second of two steps: no warm-up)."""
+    net = ResidualSR().to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=5e-4)
+    hr, lr = batch[0].to(device).float() / 255, batch[1].to(device).float() / 255
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
         loss = criterion(net(lr), hr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return net.eval()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return times[-1]
+
+
+MATTERS_DB = 0.1  # a difference whose interval lies within +-0.1 dB is too small to matter
+
+
+def verdict(d: MeanInterval) -> str:
+    """``tie`` (the interval holds 0), ``negligible`` (it lies within +-MATTERS_DB), or who is higher."""
+    if d.tie:
+        return "tie"
+    if max(abs(d.low), abs(d.high)) < MATTERS_DB:
+        return f"negligible (< {MATTERS_DB} dB)"
+    return "AESOP higher" if d.mean > 0 else "L1 higher"
 
 
 METRICS = ("PSNR-Y", "PSNR-RGB", "AE-PSNR", "LR-PSNR")
@@ -117,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--ae", default="demo", help="AE: 'demo' (bundled), a folder, a .pth, or a Hub id")
-    parser.add_argument("--steps", type=int, default=300, help="SR training steps per loss")
+    parser.add_argument("--steps", type=int, default=300, help="SR training steps per loss (at most)")
+    parser.add_argument(
+        "--minutes", type=float, default=2.0, help="train fewer steps if the measured pace would take longer"
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -127,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--smoke", action="store_true", help="a few steps on small crops (for tests)")
     args = parser.parse_args(argv)
+    if args.steps < 1 or not args.minutes > 0:
+        parser.error("--steps must be >= 1 and --minutes > 0")
     device = torch.device(args.device)
     steps, crop, batch, size = (2, 32, 2, 64) if args.smoke else (args.steps, 48, 8, 128)
     t0 = time.perf_counter()
@@ -140,9 +187,19 @@ def main(argv: list[str] | None = None) -> int:
         for g in range(n):
             yield collate_crops([data[g]])
 
-    print(f"2) training a small RRDBNet x4 for {steps} steps with each loss ({device})")
-    l1_net = train(nn.L1Loss(), batches, steps, device, seed=0, label="nn.L1Loss")
-    aesop_net = train(AESOPLoss(ae).to(device), batches, steps, device, seed=0, label="AESOPLoss")  # the swap
+    criteria = {"nn.L1Loss": nn.L1Loss(), "AESOPLoss": AESOPLoss(ae).to(device)}  # the swap
+    pace = sum(seconds_per_step(c, collate_crops([data[0]]), device) for c in criteria.values())
+    fits = max(1, int(args.minutes * 60 * 0.8 / pace))  # the rest of the run: part one, scoring, picture
+    if fits < steps:
+        print(
+            f"   this machine takes {pace:.2f} s per step of both losses: {steps} steps would take "
+            f"about {steps * pace / 60:.1f} min, so {fits} steps instead (--minutes {args.minutes:g})"
+        )
+        steps = fits
+    print(f"2) training a small RRDBNet x4 for {steps} steps with each loss ({device}): about "
+          f"{steps * pace:.0f} s at the pace just measured (Ctrl-C keeps what is trained)")  # fmt: skip
+    l1_net, _ = train(criteria["nn.L1Loss"], batches, steps, device, seed=0, label="nn.L1Loss")
+    aesop_net, _ = train(criteria["AESOPLoss"], batches, steps, device, seed=0, label="AESOPLoss")
     nets = {"bicubic": None, "L1": l1_net, "AESOP": aesop_net}
 
     held = load_image(HERE / "images" / HELD_OUT).float() / 255
@@ -157,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     print("   AESOP - L1, paired over the crops (mean [95% interval]):")
     for m in METRICS:
         d = MeanInterval.of([a - b for a, b in zip(scores["AESOP"][m], scores["L1"][m], strict=True)])
-        print(f"     {m:<9}{d.mean:+6.2f} [{d.low:+.2f}, {d.high:+.2f}]  {'tie' if d.tie else 'differs'}")
+        print(f"     {m:<9}{d.mean:+6.2f} [{d.low:+.2f}, {d.high:+.2f}]  {verdict(d)}")
     print("   (one training seed per loss: these intervals hold crop-to-crop noise, not seed-to-seed noise,")
     print("   which is larger; benchmarks/bench_guidance.py pairs several seeds and held-out photos)")
 

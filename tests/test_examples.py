@@ -48,10 +48,15 @@ def test_quickstart_smoke_writes_a_labelled_picture_beside_itself(tmp_path):
     # the numbers come with their spread over held-out crops, and each difference with its interval
     assert re.search(r"AESOP\s+(\d+\.\d\d \+- \d+\.\d\d\s+){4}", out), out
     verdicts = re.findall(
-        r"^\s+(PSNR-Y|PSNR-RGB|AE-PSNR|LR-PSNR)\s+[+-]\d+\.\d\d \[[+-][\d.]+, [+-][\d.]+\]  (tie|differs)$",
+        r"^\s+(PSNR-Y|PSNR-RGB|AE-PSNR|LR-PSNR)\s+[+-]\d+\.\d\d \[[+-][\d.]+, [+-][\d.]+\]  "
+        r"(tie|negligible \(< 0\.1 dB\)|AESOP higher|L1 higher)$",
         out,
         re.M,
     )
+    # what training will cost is said before it starts
+    estimate = re.search(r"^2\) training .* about \d+ s at the pace just measured", out, re.M)
+    assert estimate, out
+    assert out.index(estimate.group(0)) < out.index("held-out")
     assert [v[0] for v in verdicts] == ["PSNR-Y", "PSNR-RGB", "AE-PSNR", "LR-PSNR"]
     assert list(tmp_path.iterdir()) == []  # nothing lands in the folder it was run from
     png = EXAMPLES / "output" / "quickstart.png"  # the default the README names (git-ignored)
@@ -66,6 +71,54 @@ def test_quickstart_smoke_writes_a_labelled_picture_beside_itself(tmp_path):
         )
     assert (band > 200).sum() > 100  # the labels are drawn: white text on the dark band
     assert "trained with AESOP" in out
+
+
+def test_quickstart_verdicts_call_a_tiny_difference_negligible():
+    from quickstart import verdict
+
+    from aesop_loss.metrics import MeanInterval
+
+    assert verdict(MeanInterval(0.02, 0.00001, 0.04, 6)) == "negligible (< 0.1 dB)"  # was: "differs"
+    assert verdict(MeanInterval(0.02, -0.01, 0.04, 6)) == "tie"
+    assert verdict(MeanInterval(0.5, 0.3, 0.7, 6)) == "AESOP higher"
+    assert verdict(MeanInterval(-0.5, -0.7, -0.05, 6)) == "L1 higher"
+
+
+def test_quickstart_fits_its_time_budget_and_says_so(tmp_path):
+    out = _run("quickstart.py", "--smoke", "--device", "cpu", "--minutes", "0.0001", cwd=tmp_path).stdout
+    assert re.search(
+        r"s per step of both losses: 2 steps would take about [\d.]+ min, so 1 steps instead", out
+    )
+    assert "training a small RRDBNet x4 for 1 steps" in out
+
+
+def test_quickstart_interrupted_keeps_what_it_trained(tmp_path):
+    import os
+    import signal
+    import time
+
+    out_png = tmp_path / "qs.png"
+    proc = subprocess.Popen(
+        [sys.executable, "-u", str(EXAMPLES / "quickstart.py"), "--device", "cpu", "--steps", "2000",
+         "--minutes", "60", "--out", str(out_png)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines = []
+    for _ in ("nn.L1Loss", "AESOPLoss"):  # Ctrl-C once in each training: both keep their net
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("2) training") or line.startswith("   interrupted: nn.L1Loss"):
+                break
+        time.sleep(1.0)
+        os.kill(proc.pid, signal.SIGINT)
+    rest, err = proc.communicate(timeout=240)
+    out = "".join(lines) + rest
+    assert proc.returncode == 0, err[-2000:]
+    assert re.search(r"interrupted: nn\.L1Loss trained \d+ of \d+ steps", out), out
+    assert re.search(r"interrupted: AESOPLoss trained \d+ of \d+ steps", out), out
+    assert "AESOP - L1, paired over the crops" in out
+    assert out_png.is_file()  # the picture, from what was trained
 
 
 def test_train_esrgan_smoke_runs_twice_into_its_own_folders_with_labelled_samples(

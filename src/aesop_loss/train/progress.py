@@ -122,7 +122,7 @@ class LogProgress:
         else:
             line += f" {self.unit}"
         if rate > 0:
-            line += f", {self._amount(rate)} {self.unit}/s"
+            line += f", {self._amount(rate) if self.unit_scale else f'{rate:.3g}'} {self.unit}/s"
             if self.total and self.n < self.total:
                 line += f", about {_duration((self.total - self.n) / rate)} left at the rate so far"
         line += f", {_duration(elapsed)} elapsed"
