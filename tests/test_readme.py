@@ -75,11 +75,12 @@ def test_every_command_the_docs_show_still_parses(monkeypatch):
     import argparse
     import importlib
 
-    docs = (
-        README
-        + (ROOT / "examples" / "README.md").read_text()
-        + (ROOT / "benchmarks" / "README.md").read_text()
-    )
+    pages = [
+        ROOT / "examples" / "README.md",
+        ROOT / "benchmarks" / "README.md",
+        *sorted((ROOT / "docs").glob("*.md")),
+    ]
+    docs = README + "".join(page.read_text() for page in pages)
     commands = _commands(docs)
     assert len(commands) >= 15
     real = argparse.ArgumentParser.parse_args
@@ -104,3 +105,15 @@ def test_every_command_the_docs_show_still_parses(monkeypatch):
         except SystemExit as exc:
             raise AssertionError(f"{' '.join(words)}: the parser refused it ({exc})") from None
         raise AssertionError(f"{' '.join(words)}: no argument parser ran")
+
+
+def test_the_readme_is_the_first_hour_and_links_the_reference_pages():
+    # install, the swap, getting an AE and the frameworks first; the reference material in docs/
+    assert len(README.splitlines()) <= 300
+    heads = re.findall(r"^## (.+)$", README, re.M)
+    assert heads[:3] == ["Getting an autoencoder", "API", "In your framework"]
+    linked = set(re.findall(r"\]\((docs/[\w-]+\.md)\)", README))
+    assert linked == {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")}  # every page, each linked
+    for page in (ROOT / "docs").glob("*.md"):
+        for target in re.findall(r"\]\((?!https?:)([^)#]+)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name} links {target}, which does not exist"

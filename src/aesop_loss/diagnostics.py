@@ -71,7 +71,7 @@ class Thresholds:
 
     The values come from measuring untrained AEs (random weights, with or without a pretrained
     flag), AEs from short and long pretraining runs, and the bundled demo AE on the bundled photos;
-    the numbers are in the README's "Is my AE any good?" section.
+    the numbers are in docs/diagnose.md.
 
     Args:
         unfit_recon_psnr: Below this reconstruction PSNR (dB) the AE does not reconstruct.
@@ -165,7 +165,7 @@ def _below(value: float, limit: float, digits: int = 2) -> str:
 
 
 THRESHOLDS = Thresholds()
-"""The thresholds ``diagnose`` uses by default (justified in the README's "Is my AE any good?")."""
+"""The thresholds ``diagnose`` uses by default (justified in docs/diagnose.md)."""
 
 
 @dataclasses.dataclass
