@@ -68,6 +68,7 @@ def _cases() -> list[Any]:
     return [*cases, pytest.param(torch.float16, {}, id="fp16-plain")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("amp", "option"), _cases())
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_net_output_from_autocast_and_fp32_target(device, ae, precision, amp, option):

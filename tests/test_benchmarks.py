@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import TINY_FLAGS
+
+pytestmark = pytest.mark.slow  # every test here runs a script end to end
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY_AE = TINY_FLAGS

@@ -101,6 +101,7 @@ def test_compact_ae_from_a_compact_generator():
     assert not ae.is_pretrained
 
 
+@pytest.mark.slow
 def test_gradient_agreement_of_an_ae_with_itself_is_one_and_with_another_less():
     a = tiny_ae()
     with torch.no_grad():
@@ -116,6 +117,7 @@ def test_gradient_agreement_of_an_ae_with_itself_is_one_and_with_another_less():
         gradient_agreement(tiny_ae(scale=2), a, size=32)
 
 
+@pytest.mark.slow
 def test_diagnose_with_a_teacher_points_to_the_outcome_benchmark(capsys):
     with pytest.warns(UserWarning, match="demo AE"):
         code = run_cli(diagnose_main, ["demo", "--teacher", "demo", "--size", "32", "--tiles", "1"])
@@ -125,6 +127,7 @@ def test_diagnose_with_a_teacher_points_to_the_outcome_benchmark(capsys):
     assert "benchmarks/bench_guidance.py measures (--ae demo --ae demo)" in out
 
 
+@pytest.mark.slow
 def test_diagnose_with_a_teacher_reports_cosine_and_ratio(capsys):
     with pytest.warns(UserWarning, match="demo AE"):
         code = run_cli(diagnose_main, ["demo", "--teacher", "demo", "--size", "64", "--tiles", "1", "--json"])
@@ -175,6 +178,7 @@ def test_the_student_starts_from_the_teachers_encoder(teacher_dir, tmp_path):
     assert not any(p.requires_grad for p in run.teacher.parameters())
 
 
+@pytest.mark.slow
 def test_distillation_logs_its_term_and_resumes_exactly(teacher_dir, tmp_path, capsys, monkeypatch):
     straight, split = tmp_path / "straight", tmp_path / "split"
     distill = ["--distill-weight", "2", "--distill-noise", "0.1", "--save-every", "3"]
@@ -255,6 +259,7 @@ def test_a_bad_teacher_is_one_line_and_leaves_no_folder(tmp_path, capsys, teache
     assert not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Loaded the bundled demo AE")
 def test_the_bundled_compact_demo_guides_like_its_teacher_at_a_fraction_of_the_cost():
     from torch.utils.flop_counter import FlopCounterMode
@@ -277,6 +282,7 @@ def test_the_bundled_compact_demo_guides_like_its_teacher_at_a_fraction_of_the_c
     assert flops[0] < 0.1 * flops[1]  # 0.027x the paper AE's multiply-adds
 
 
+@pytest.mark.slow
 def test_decoder_init_of_another_scale_and_distillation_flags_without_a_teacher_are_refused(tmp_path, capsys):
     for scale, fmt in ((2, "x2"), (3, "x3")):
         path = tmp_path / f"compact_{fmt}.pth"

@@ -40,6 +40,7 @@ def untrained_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_untrained_ae_is_unfit_even_when_it_claims_to_be_pretrained(untrained_folder, capsys):
     assert AutoEncoder.from_pretrained(untrained_folder).is_pretrained  # what a loader sees
     assert run_cli(main, [str(untrained_folder), "--json"]) == 1
@@ -50,6 +51,7 @@ def test_untrained_ae_is_unfit_even_when_it_claims_to_be_pretrained(untrained_fo
     assert any("does not reconstruct" in reason for reason in report["reasons"])
 
 
+@pytest.mark.slow
 def test_a_trained_ae_passes(capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the demo AE's "for examples and tests" warning
@@ -62,6 +64,7 @@ def test_a_trained_ae_passes(capsys):
     assert report["images"] == 7
 
 
+@pytest.mark.slow
 def test_table_output_and_images_folder(tmp_path, capsys):
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -101,6 +104,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, needle):
     assert needle in err[0]
 
 
+@pytest.mark.slow
 def test_command_line_exit_status(untrained_folder):
     proc = subprocess.run(
         [sys.executable, "-m", "aesop_loss.diagnose", str(untrained_folder)], capture_output=True, text=True
@@ -110,6 +114,7 @@ def test_command_line_exit_status(untrained_folder):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_selectivity_separates_detail_from_error():
     # the paper's argument, measured: the detail leaves the LR image as it was, and AESOP with a
     # trained AE penalises it far less than a fidelity error of the same energy
@@ -171,6 +176,7 @@ def test_tiles_cover_a_large_image_and_are_repeatable():
     assert four == [t[0, 0, 0, 0].item() for t in _tiles(img, 128, 4, 4, random.Random(0))]
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Loaded the bundled demo AE")
 def test_the_verdict_does_not_move_with_the_tile_size():
     ae = AutoEncoder.from_pretrained("demo")

@@ -18,6 +18,8 @@ from aesop_loss import AESOPLoss, AutoEncoder
 
 from conftest import assert_stopped_and_saved, wait_for_file
 
+pytestmark = pytest.mark.slow  # every test here runs a script end to end
+
 DEMO_AE_DIR = Path(aesop_loss.__file__).parent / "pretrained" / "demo"  # the installed demo AE
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -130,6 +130,7 @@ def _run_load(srcs: list[str], env: dict[str, str]) -> dict[str, dict[str, objec
     return {r["src"]: r for r in map(json.loads, proc.stdout.splitlines())}
 
 
+@pytest.mark.slow
 def test_hub_repo_id_download_then_offline_cache(tmp_path):
     ae = AutoEncoder(**TINY)
     ae.save_pretrained(tmp_path / "repo")
@@ -344,6 +345,7 @@ _PUSH = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_push_to_hub_round_trip(tmp_path):
     from conftest import IMAGES
 

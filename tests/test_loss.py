@@ -320,6 +320,7 @@ def _pretrained_tiny_deep() -> AutoEncoder:
         pytest.param("inductor", marks=pytest.mark.cuda),
     ],
 )
+@pytest.mark.slow
 def test_compile_gives_the_same_numbers(device, backend, ae_golden):
     if backend != "eager" and device.type == "cpu":
         pytest.skip(f"{backend} on a CPU takes too long for the suite; checked on CUDA")

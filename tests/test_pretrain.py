@@ -33,6 +33,7 @@ def _metrics(out: Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_tiny_ae_learns_and_the_run_folder_loads(tmp_path):
     out = tmp_path / "run"
     args = _args(
@@ -58,6 +59,7 @@ def test_tiny_ae_learns_and_the_run_folder_loads(tmp_path):
     assert float(loss(x, x)) == 0.0
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path):
     common = [
         "--steps",
@@ -271,6 +273,7 @@ def test_resume_with_other_configuration(tmp_path, capsys):
     assert run_cli(main, [*_args(out), "--steps", "2", "--batch-size", "1"]) == 2
 
 
+@pytest.mark.slow
 def test_cli_entry_point_exits_nonzero(tmp_path):
     proc = subprocess.run(
         [
@@ -341,6 +344,7 @@ def test_same_weights_with_any_number_of_workers(tmp_path):
     [("SIGTERM", "0", False), ("SIGINT", "2", True)],
     ids=["sigterm-to-process", "ctrl-c-to-process-group-with-workers"],
 )
+@pytest.mark.slow
 def test_signal_finishes_step_saves_and_exits(tmp_path, sig, workers, to_group):
     import signal
 
@@ -418,6 +422,7 @@ def _recon_psnr(folder: Path) -> float:
     return diagnose(AutoEncoder.from_pretrained(folder), size=64, tiles=1).recon_psnr
 
 
+@pytest.mark.slow
 def test_ema_warmup_makes_an_80_step_run_export_trained_weights(tmp_path):
     torch.manual_seed(0)  # the runs' own seed-0 initialisation, saved untrained
     AutoEncoder(**TINY_ARCH).save_pretrained(tmp_path / "untrained")
@@ -429,6 +434,7 @@ def test_ema_warmup_makes_an_80_step_run_export_trained_weights(tmp_path):
     assert abs(plain - untrained) < 1.0  # the paper's plain EMA 0.999 still holds the initialisation
 
 
+@pytest.mark.slow
 def test_checkpoints_from_before_the_warmup_resume_with_it_off(tmp_path, capsys):
     out = tmp_path / "run"
     assert (
@@ -495,6 +501,7 @@ def test_a_step_that_cannot_fit_is_refused_before_anything_is_written(tmp_path, 
     assert main([*_args(out), "--steps", "1", "--batch-size", "1", "--force"]) == 0
 
 
+@pytest.mark.slow
 def test_a_long_cpu_run_says_what_it_costs_and_names_the_quick_presets(caplog):
     import logging
 
@@ -529,6 +536,7 @@ def test_a_run_without_any_rrdb_writes_a_folder_that_loads(tmp_path):
     assert (ae.config["encoder"], ae.config["decoder"], ae.config["num_grow_ch"]) == ("bicubic", "compact", 8)
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_data_folder_whose_files_changed(tmp_path, capsys):
     import shutil
 

@@ -117,3 +117,10 @@ def test_the_readme_is_the_first_hour_and_links_the_reference_pages():
     for page in (ROOT / "docs").glob("*.md"):
         for target in re.findall(r"\]\((?!https?:)([^)#]+)", page.read_text()):
             assert (page.parent / target).exists(), f"{page.name} links {target}, which does not exist"
+
+
+def test_the_readme_names_a_fast_subset_that_leaves_out_the_end_to_end_tests():
+    assert 'python -m pytest -m "not slow"' in README
+    assert re.search(r'-m "not slow"` is the fast subset [^:]*: \d+ s on an idle 2-core machine', README)
+    for module in ("test_examples.py", "test_benchmarks.py"):  # scripts run end to end: all slow
+        assert "pytestmark = pytest.mark.slow" in (ROOT / "tests" / module).read_text()

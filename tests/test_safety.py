@@ -216,6 +216,7 @@ def test_convert_removes_its_staging_folder_on_failure(user_folder, tmp_path, mo
 # --- run folders: pretrain and train_esrgan -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pretrain_refuses_a_users_folder_and_touches_nothing(user_folder, capsys, monkeypatch):
     before = _snapshot(user_folder)
     assert run_cli(pretrain_main, _pretrain_args(user_folder, "--steps", "1")) == 2
@@ -226,6 +227,7 @@ def test_pretrain_refuses_a_users_folder_and_touches_nothing(user_folder, capsys
     assert _snapshot(user_folder) == before
 
 
+@pytest.mark.slow
 def test_run_folders_of_the_two_tools_are_not_interchangeable(tmp_path, capsys):
     out = tmp_path / "run"
     assert pretrain_main(_pretrain_args(out, "--steps", "1")) == 0
@@ -235,6 +237,7 @@ def test_run_folders_of_the_two_tools_are_not_interchangeable(tmp_path, capsys):
     assert "is a run folder of pretrain, not of train_esrgan" in _one_error_line(capsys)
 
 
+@pytest.mark.slow
 def test_a_run_from_before_markers_resumes(tmp_path):
     out = tmp_path / "run"
     assert pretrain_main(_pretrain_args(out, "--steps", "1", "--save-every", "1")) == 0
@@ -281,6 +284,7 @@ def one_step_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_a_lock_that_is_a_link_to_a_users_file_is_never_written(tmp_path, capsys, one_step_run):
     out = tmp_path / "run"
     shutil.copytree(one_step_run, out)  # a finished one-step run of its own
@@ -327,6 +331,7 @@ def test_resume_never_adopts_a_users_folder_on_its_word(tmp_path, capsys, tool):
     assert not (folder / ".lock").exists()
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_says_so_and_what_to_do(tmp_path, capsys, one_step_run):
     out = tmp_path / "run"
     shutil.copytree(one_step_run, out)  # a finished one-step run of its own
@@ -433,6 +438,7 @@ def test_lock_is_released_with_its_process_and_names_the_holder(tmp_path):
         assert run.path == out
 
 
+@pytest.mark.slow
 def test_metrics_have_each_step_once_after_a_resume(tmp_path):
     out = tmp_path / "run"
     assert pretrain_main(_pretrain_args(out, "--steps", "4", "--save-every", "2", "--log-every", "1")) == 0
@@ -506,6 +512,7 @@ def test_disk_full_on_a_real_small_file_system(tmp_path, capsys):
         assert [p.name for p in out.rglob("*.tmp")] == []  # the partial file is gone
 
 
+@pytest.mark.slow
 def test_read_only_storage_is_one_line(tmp_path, capsys):
     with _tmpfs(tmp_path / "ro", "4m") as disk:
         out = disk / "run"
@@ -564,6 +571,7 @@ def test_a_refused_run_builds_nothing(tmp_path, user_folder, monkeypatch):
     assert run_cli(pretrain_main, _pretrain_args(user_folder, "--steps", "1")) == 2
 
 
+@pytest.mark.slow
 def test_unreadable_validation_image_is_skipped(tmp_path):
     val = tmp_path / "val"
     val.mkdir()
@@ -705,6 +713,7 @@ def test_diagnose_reads_images_one_at_a_time_and_bounds_its_tile_size(capsys):
     assert "--size 100000: expected an integer from 16 to 512" in _one_error_line(capsys)
 
 
+@pytest.mark.slow
 def test_diagnose_into_a_closed_pipe_keeps_its_verdict_status():
     proc = subprocess.Popen(
         [sys.executable, "-m", "aesop_loss.diagnose", "demo", "--json", "--size", "32", "--tiles", "1"],
@@ -785,6 +794,7 @@ sys.exit(console_main())
 """
 
 
+@pytest.mark.slow
 def test_an_unexpected_error_with_workers_ends_the_run_in_one_line(tmp_path):
     # the workers ignore SIGTERM, so Python's exit-time clean-up used to wait for them forever
     args = _pretrain_args(tmp_path / "run", "--workers", "2", "--steps", "5", "--save-every", "5")
@@ -821,6 +831,7 @@ print("saved without numpy")
 """
 
 
+@pytest.mark.slow
 def test_pretrain_save_pretrained_and_convert_work_without_numpy(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-c", _WITHOUT_NUMPY, str(tmp_path), str(IMAGES)],
@@ -912,6 +923,7 @@ def _untouched(users: Path) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_a_link_that_appears_during_a_run_with_workers_is_never_written_through(tmp_path):
     # a real process with 2 DataLoader workers; checkpoints/ becomes a link to the user's folder
     users, out = _users_files(tmp_path), tmp_path / "run"
@@ -928,6 +940,7 @@ def test_a_link_that_appears_during_a_run_with_workers_is_never_written_through(
     assert _untouched(users)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("action", ["metrics-symlink", "metrics-hardlink"])
 def test_a_log_that_becomes_a_link_during_a_run_is_never_written_to(tmp_path, capsys, monkeypatch, action):
     from aesop_loss.train import loop
@@ -948,6 +961,7 @@ def test_a_log_that_becomes_a_link_during_a_run_is_never_written_to(tmp_path, ca
     assert _untouched(users)
 
 
+@pytest.mark.slow
 def test_a_hard_linked_lock_is_not_truncated_on_resume(tmp_path, capsys):
     out = tmp_path / "run"
     assert pretrain_main(_pretrain_args(out, "--steps", "1", "--save-every", "1")) == 0
@@ -1033,6 +1047,7 @@ def test_a_gray_ae_in_diagnose_and_an_unknown_home_are_one_line_each(tmp_path, c
     [("config", "its config is not a table of settings"), ("scaler", "no scaler"),
      ("step", "step -5 is not a count of steps"), ("model", "does not fit this run")],
 )  # fmt: skip
+@pytest.mark.slow
 def test_a_checkpoint_that_is_not_quite_a_pretraining_one_is_one_line_on_resume(
     tmp_path, capsys, damage, needle
 ):
@@ -1093,6 +1108,7 @@ sys.exit(console_main())
 """
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_is_named_as_such(tmp_path):
     args = _pretrain_args(tmp_path / "run", "--steps", "1", "--save-every", "1")
     proc = subprocess.run(
@@ -1123,6 +1139,7 @@ def test_an_ae_too_big_for_the_machine_is_refused_before_it_is_built(tmp_path, c
 # --- the fourth reliability pass -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_planted_cache_entry_of_the_wrong_shape_in_a_worker_is_decoded_again(tmp_path):
     # a marked entry under an image's cache name holding other pixels: was a worker crash, reported
     # as "DataLoader worker is killed by signal: Killed" with a traceback and exit 1
@@ -1146,6 +1163,7 @@ def test_a_planted_cache_entry_of_the_wrong_shape_in_a_worker_is_decoded_again(t
     assert "killed by signal" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_images_that_fail_in_the_workers_end_in_one_line_and_exit_2(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
