@@ -395,6 +395,7 @@ DISK_CACHE_AUTO_BYTES = 200 << 20
 _HEADER_THREADS = 16  # header reads wait on the disk more than on the CPU
 _HEADER_PROGRESS = 1_000  # files from which reading the headers shows a progress bar
 _CACHE_NAME = re.compile(r"[0-9a-f]{16}\.safetensors")  # what this package writes in a cache folder
+_CACHE_TEMP = re.compile(r"\.([0-9a-f]{16}\.safetensors)\.[a-z0-9_]{8}\.tmp")  # atomic_path's, of an entry
 
 
 def ram_cache_default() -> int:
@@ -418,26 +419,16 @@ def _stamp(path: Path) -> str:
 _SKIPS_SHOWN = 10  # start-up skips named one by one; the rest are counted in one warning
 
 
-def _warn_skipped(skipped: list[tuple[Path, str]], what: str) -> None:
-    """One warning per skipped file for the first few, then one that counts the rest by reason."""
-    for path, why in skipped[:_SKIPS_SHOWN]:
-        warnings.warn(f"skipping {path}: {why}.", stacklevel=4)
+def _warn_skipped(skipped: list[tuple[Path, str, str]], what: str) -> None:
+    """One warning per skipped file (path, reason, detail) for the first few, then one that counts
+    the rest by reason."""
+    for path, _, detail in skipped[:_SKIPS_SHOWN]:
+        warnings.warn(f"skipping {path}: {detail}.", stacklevel=4)
     rest = skipped[_SKIPS_SHOWN:]
     if rest:
-        reasons = Counter(_reason(why) for _, why in rest)
+        reasons = Counter(reason for _, reason, _ in rest)
         summary = ", ".join(f"{n:,} {reason}" for reason, n in reasons.most_common())
         warnings.warn(f"skipping {len(rest):,} more {what}s: {summary}.", stacklevel=4)
-
-
-def _reason(why: str) -> str:
-    """A skip reason without its file-specific details, for counting."""
-    if why.startswith("not a readable image"):
-        return "not readable images"
-    if "smaller than" in why:
-        return "smaller than the crop"
-    if "its LR" in why:
-        return "with an LR image of the wrong size"
-    return why  # pragma: no cover - every start-up reason is named above
 
 
 def _header(path: Path) -> tuple[int, int] | BaseException:
@@ -466,12 +457,14 @@ def _read_headers(files: Sequence[Path], crop: int, what: str) -> dict[int, tupl
             )
         )
     keep: dict[int, tuple[int, int]] = {}
-    skipped: list[tuple[Path, str]] = []
+    skipped: list[tuple[Path, str, str]] = []
     for i, (path, size) in enumerate(zip(files, sizes, strict=True)):
         if isinstance(size, BaseException):
-            skipped.append((path, f"not a readable image ({size.__class__.__name__})"))
+            kind = size.__class__.__name__
+            skipped.append((path, f"not readable ({kind})", f"not a readable image ({kind})"))
         elif min(size) < crop:
-            skipped.append((path, f"{size[0]}x{size[1]} is smaller than the {crop}px crop"))
+            detail = f"{size[0]}x{size[1]} is smaller than the {crop}px crop"
+            skipped.append((path, "smaller than the crop", detail))
         else:
             keep[i] = size
     _warn_skipped(skipped, what)
@@ -589,7 +582,7 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
                 if j in lr_sizes and lr_sizes[j] != (w // scale, h // scale):
                     lw, lh = lr_sizes[j]
                     why = f"its LR {images.lr[i]} is {lw}x{lh}, not {w // scale}x{h // scale}"
-                    mismatched.append((images.hr[i], why))
+                    mismatched.append((images.hr[i], "with an LR image of the wrong size", why))
                 elif j in lr_sizes:
                     paired.append(i)
             _warn_skipped(mismatched, "image")
@@ -648,8 +641,10 @@ class CropDataset(Dataset[tuple[Tensor, Tensor]]):
             for entry in self.cache_dir.iterdir():
                 if _CACHE_NAME.fullmatch(entry.name) and entry.name not in keys and _our_cache_entry(entry):
                     entry.unlink(missing_ok=True)
-            # a killed run's half-written entries: atomic_path's temp names, left over a minute ago
-            for tmp in remove_stale_temps(self.cache_dir, ["*"], older_than=60.0):
+            # a killed run's half-written entries (atomic_path's temp names of this cache's entry
+            # names), left over a minute ago: newer ones may be another process's write in progress
+            entries = {m.group(1) for e in self.cache_dir.iterdir() if (m := _CACHE_TEMP.fullmatch(e.name))}
+            for tmp in remove_stale_temps(self.cache_dir, sorted(entries), older_than=60.0):
                 logger.debug("removed %s, a killed run's unfinished cache entry", tmp)
         return planned
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from .._compat import load_weights
 from .._io import atomic_write_text, remove_stale_temps, tensor_bytes
 from .._version import __version__
 from ..cli import CLIError
@@ -70,10 +71,8 @@ def _try_lock(fh: IO[str]) -> bool:
 
 def _legacy_checkpoint_has(path: Path, keys: Iterable[str]) -> bool:
     """Whether ``path`` reads (weights only, memory-mapped) as a dict holding every key in ``keys``."""
-    import torch  # the training tool's dependency; only needed to look at an unmarked folder
-
-    try:  # a str path: torch 2.1 memory-maps only a file name
-        state = torch.load(os.fspath(path), map_location="cpu", weights_only=True, mmap=True)
+    try:
+        state = load_weights(path, mmap=True)
     except Exception:  # any unreadable or foreign file: not this tool's checkpoint
         return False
     return isinstance(state, dict) and all(k in state for k in keys)
