@@ -181,6 +181,26 @@ def test_bicubic_encoder_and_reference_ablation_checkpoint(tmp_path):
         assert torch.equal(loaded(x), ae(x))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_bicubic_encoder_takes_reduced_precision_input(dtype, device):
+    # antialiased bicubic has no bf16/fp16 kernel on CPUs (torch 2.13 raises NotImplementedError), so
+    # AESOPLoss(precision="bf16") with a bicubic-encoder AE (the bundled demo) crashed
+    from aesop_loss import AESOPLoss
+
+    ae = AutoEncoder(**TINY, encoder="bicubic").to(device)
+    x = torch.rand(2, 3, 32, 32, device=device)
+    z = ae.encode(x.to(dtype))
+    assert z.dtype == dtype
+    assert torch.allclose(z.float(), ae.encode(x), atol=1e-2)
+    if dtype is torch.bfloat16:
+        ae.is_pretrained = True
+        loss = AESOPLoss(ae, precision="bf16")
+        sr = x.clone().requires_grad_()
+        loss(sr, torch.rand_like(x)).backward()
+        assert sr.grad is not None
+        assert torch.isfinite(sr.grad).all()
+
+
 def test_constructor_validation():
     with pytest.raises(ValueError, match="scale"):
         AutoEncoder(scale=3)

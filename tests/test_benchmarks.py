@@ -95,21 +95,37 @@ def test_bench_data_prints_startup_rates_and_peaks_per_worker_count(tmp_path):
 
 def test_bench_guidance_smoke_prints_spreads_and_paired_intervals(tmp_path):
     record = tmp_path / "guidance.jsonl"
-    out = _run("bench_guidance.py", "--smoke", "--record", str(record))
+    out = _run("bench_guidance.py", "--smoke", "--record", str(record), "--lr-weight", "1")
     assert "2 folds x 1 seeds = 2 paired units" in out
     assert "every crop score capped at 60 dB for every loss" in out
-    assert len(record.read_text().splitlines()) == 2 * 3  # one line per unit and loss, as each ended
+    losses = ("L1", "AESOP demo", "AESOP demo-compact", "AESOP demo + LR 1", "AESOP demo-compact + LR 1")
+    units = [json.loads(line) for line in record.read_text().splitlines()]
+    assert len(units) == 2 * len(losses)  # one line per unit and loss, as each ended
+    assert all(
+        len(u["curve"]) == 0 and len(u["crops"]) == len(u["crop_sd"]) == len(u["psnr_y"]) == 2 for u in units
+    )  # 3 steps < 25
     again = _run("bench_guidance.py", "--report", str(record))
     report = out.split("# 2 paired units")[1].rsplit("\n# ", 1)[0]  # the report, less the time taken
     assert again.split("# 2 paired units")[1].strip() == report.strip()
-    for loss in ("L1", "AESOP demo", "AESOP demo-compact"):
-        assert re.search(rf"^{loss}(\s+\d+\.\d\d \+-\s+\d+\.\d\d){{3}}$", out, re.M), out
+    # AE-PSNR under the independent yardstick, and under the AE trained with, labelled as such
+    assert "# ae_psnr@yardstick: AE-PSNR under 'yardstick', an AE no loss here trained with" in out
+    assert ("# ae_psnr@demo: AE-PSNR under 'demo', the AE that AESOP demo, AESOP demo + LR 1 trained with: "
+            "partly true by construction") in out  # fmt: skip
+    for loss in losses:
+        assert re.search(rf"^{re.escape(loss)}(\s+\d+\.\d\d \+-\s+\d+\.\d\d){{4}}$", out, re.M), out
     pairs = re.findall(
-        r"^(.+?)\s{2,}(psnr_y|lr_psnr|ae_psnr)\s+[+-][\d.]+ \[\s*[+-][\d.]+,\s+[+-][\d.]+\]  (.+)$", out, re.M
+        r"^(.+?)\s{2,}(psnr_y|lr_psnr|ae_psnr@yardstick|ae_psnr@demo)\s+[+-][\d.]+ "
+        r"\[\s*[+-][\d.]+,\s+[+-][\d.]+\]  (tie|.+ higher)( \(same AE as trained with\))?$",
+        out,
+        re.M,
     )
-    assert {p[0].strip() for p in pairs} == {"AESOP demo-compact - AESOP demo", "AESOP demo-compact - L1",
-                                            "AESOP demo - L1"}  # fmt: skip
-    assert all(p[2] == "tie" or p[2].endswith("higher") for p in pairs)
+    assert "# every held-out crop has an HR sd of 2 levels or more: no flat crop to leave out" in out
+    assert len(pairs) == 10 * 4  # every pair of the 5 losses, on each of the 4 scores
+    assert {p[0].strip() for p in pairs if p[1] == "ae_psnr@demo" and p[3]} == {
+        "AESOP demo - L1", "AESOP demo-compact - AESOP demo", "AESOP demo + LR 1 - L1",
+        "AESOP demo + LR 1 - AESOP demo", "AESOP demo + LR 1 - AESOP demo-compact",
+        "AESOP demo-compact + LR 1 - AESOP demo", "AESOP demo-compact + LR 1 - AESOP demo + LR 1",
+    }  # fmt: skip
 
 
 def test_bench_loss_fidelity_gives_each_precisions_errors_with_their_spread(capsys, monkeypatch):
@@ -134,13 +150,22 @@ def test_bench_guidance_report_caps_exact_matches_for_every_loss_and_says_so(tmp
     lines = []
     for seed in range(3):
         for loss, shift in (("L1", 0.0), ("AESOP demo", 0.5)):
-            unit = {"loss": loss, "fold": 0, "seed": seed}
-            for m in ("psnr_y", "lr_psnr", "ae_psnr"):
+            unit = {
+                "loss": loss,
+                "fold": 0,
+                "seed": seed,
+                "crops": ["a#0", "a#1", "b#0"],
+                "curve": [0.1],
+                "crop_sd": [12.0, 0.4, 30.0],
+            }  # the exact-match crop is flat
+            for m in ("psnr_y", "lr_psnr", "ae_psnr@yardstick"):
                 unit[m] = [30.0 + shift + seed, None if loss == "L1" else 70.0, 35.0 + shift]  # null: inf
             lines.append(json.dumps(unit))
     record.write_text("\n".join(lines) + "\n" + '{"loss": "L1", "fo')  # and a torn last line
     out = _run("bench_guidance.py", "--report", str(record))
     assert "# 3 paired units complete; every crop score capped at 60 dB for every loss" in out
-    assert "the cap touched 6 psnr_y, 6 lr_psnr, 6 ae_psnr of 18 crop scores each" in out
-    pairs = re.findall(r"^AESOP demo - L1\s+(psnr_y|lr_psnr|ae_psnr)\s+\+0\.33 \[", out, re.M)
-    assert pairs == ["psnr_y", "lr_psnr", "ae_psnr"], out  # (0.5 + 0.5 + 0) / 3 per unit, paired
+    assert "the cap touched 6 psnr_y, 6 lr_psnr, 6 ae_psnr@yardstick of 18 crop scores each" in out
+    pairs = re.findall(r"^AESOP demo - L1\s+(psnr_y|lr_psnr|ae_psnr@yardstick)\s+\+0\.33 \[", out, re.M)
+    assert pairs == ["psnr_y", "lr_psnr", "ae_psnr@yardstick"], out  # (0.5 + 0.5 + 0) / 3 per unit, paired
+    textured = out.split("the same, textured crops only (HR sd >= 2 levels; 2 per unit)")[1]
+    assert re.findall(r"^AESOP demo - L1\s+(psnr_y)\s+\+0\.50 \[", textured, re.M) == ["psnr_y"], out

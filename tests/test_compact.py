@@ -270,7 +270,7 @@ def test_the_bundled_compact_demo_guides_like_its_teacher_at_a_fraction_of_the_c
     assert student.config["decoder"] == "compact"
     d = diagnose(student, teacher=teacher)
     assert d.teacher_grad_cosine is not None
-    assert d.teacher_grad_cosine >= 0.9  # measured 0.951
+    assert d.teacher_grad_cosine >= 0.9  # measured 0.977
     rank = {"ok": 0, "warn": 1, "unfit": 2}
     assert rank[d.verdict] <= rank[diagnose(teacher).verdict]  # not worse than the demo's
     x = torch.rand(1, 3, 32, 32)

@@ -46,11 +46,13 @@ def test_quickstart_smoke_writes_a_labelled_picture_beside_itself(tmp_path):
     out = _run("quickstart.py", "--smoke", "--device", "cpu", cwd=tmp_path).stdout
     assert "detail, same LR image" in out
     assert "low-frequency change" in out
-    assert "AE-PSNR" in out
+    # AE-PSNR under the independent yardstick AE, and the trained-with AE's figure labelled as such
+    assert "AE-PSNR: under the bundled 'yardstick' AE, trained independently" in out
+    assert "AE-PSNR*: under the AE AESOPLoss trained with (demo): the distance it minimised" in out
     # the numbers come with their spread over held-out crops, and each difference with its interval
-    assert re.search(r"AESOP\s+(\d+\.\d\d \+- \d+\.\d\d\s+){4}", out), out
+    assert re.search(r"AESOP\s+(\d+\.\d\d \+- \d+\.\d\d\s+){5}", out), out
     verdicts = re.findall(
-        r"^\s+(PSNR-Y|PSNR-RGB|AE-PSNR|LR-PSNR)\s+[+-]\d+\.\d\d \[[+-][\d.]+, [+-][\d.]+\]  "
+        r"^\s+(PSNR-Y|PSNR-RGB|AE-PSNR\*?|LR-PSNR)\s+[+-]\d+\.\d\d \[[+-][\d.]+, [+-][\d.]+\]  "
         r"(tie|negligible \(< 0\.1 dB\)|AESOP higher|L1 higher)$",
         out,
         re.M,
@@ -59,7 +61,7 @@ def test_quickstart_smoke_writes_a_labelled_picture_beside_itself(tmp_path):
     estimate = re.search(r"^2\) training .* about \d+ s at the pace just measured", out, re.M)
     assert estimate, out
     assert out.index(estimate.group(0)) < out.index("held-out")
-    assert [v[0] for v in verdicts] == ["PSNR-Y", "PSNR-RGB", "AE-PSNR", "LR-PSNR"]
+    assert [v[0] for v in verdicts] == ["PSNR-Y", "PSNR-RGB", "AE-PSNR", "AE-PSNR*", "LR-PSNR"]
     assert list(tmp_path.iterdir()) == []  # nothing lands in the folder it was run from
     png = EXAMPLES / "output" / "quickstart.png"  # the default the README names (git-ignored)
     assert png.stat().st_mtime >= start - 1
@@ -279,30 +281,27 @@ def test_demo_ae_loads_offline_frozen_and_documented():
         assert float(loss(x, x)) == 0.0
 
 
-_YCBCR = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
-
-
 @pytest.mark.filterwarnings("ignore:Loaded the bundled demo AE")
-@pytest.mark.parametrize("photo", ["chelsea.png", "coffee.png"])
-def test_demo_ae_passes_colour_offsets(photo):
-    # AE(x) keeps x's LR content, colour included: a uniform offset of the input along Y, Cb or Cr
-    # comes out of a faithful AE with gain ~1; AESOP cannot see colour errors the AE drops. The demo
-    # AE passes them in part (its card: Cb 0.23-0.66, Cr 0.26-0.62); the first demo AE, trained
-    # without --color-jitter, had Cb gain 0.09, which made AESOP blind to a blue-yellow shift.
+@pytest.mark.parametrize("name", ["demo", "demo-compact", "yardstick"])
+@pytest.mark.parametrize("photo", ["chelsea.png", "brick.png"])  # a colour photo and a grayscale one
+def test_bundled_aes_pass_a_colour_offset_in_every_direction(name, photo):
+    # AE(x) keeps x's LR content, colour included: a uniform offset of the input comes out of a faithful
+    # AE about unchanged, in every colour direction. The first bundled AEs had a learned encoder
+    # starting with 2 channels (num_feat 32 / 4**2): an offset along RGB (-0.10, +0.98, -0.16) came out
+    # with gain 0.00, and SR nets trained with AESOP under them drifted green by up to 6 levels
+    # (benchmarks/README.md). The transfer from input offset to mean output offset is measured here
+    # along R, G and B; its smallest singular value is the least any colour direction passes.
     from aesop_loss.train import load_image
 
-    ae = AutoEncoder.from_pretrained("demo")
+    ae = AutoEncoder.from_pretrained(name)
     img = load_image(EXAMPLES / "images" / photo)[:, 40:168, 100:228].float()[None] / 255
-    gains = []
     with torch.no_grad():
         base = ae(img)
-        for c in range(3):
-            offset = torch.zeros(3)
-            offset[c] = 0.02
-            rgb = torch.linalg.solve(_YCBCR, offset).view(1, 3, 1, 1)
-            moved = torch.einsum("ij,bjhw->bihw", _YCBCR, ae(img + rgb) - base)
-            gains.append(float(moved[:, c].mean()) / 0.02)
-    y, cb, cr = gains
-    assert 0.9 <= y <= 1.2, f"Y, Cb, Cr gains {gains}"
-    assert cb >= 0.2, f"Y, Cb, Cr gains {gains}"
-    assert cr >= 0.25, f"Y, Cb, Cr gains {gains}"
+        columns = [(ae(img + 0.02 * torch.eye(3)[c].view(1, 3, 1, 1)) - base).mean(dim=(0, 2, 3)) / 0.02
+                   for c in range(3)]  # fmt: skip
+        transfer = torch.stack(columns, dim=1).double()
+        old_blind = torch.tensor([-0.10, 0.98, -0.16], dtype=torch.float64)
+        old_blind /= old_blind.norm()
+    floor = float(torch.linalg.svdvals(transfer).min())
+    assert floor >= 0.5, f"{name} on {photo}: RGB offset transfer {transfer.tolist()}"
+    assert float((transfer @ old_blind) @ old_blind) >= 0.5

@@ -694,8 +694,8 @@ def test_convert_to_trainner_refuses_an_ae_without_an_equivalent(tmp_path, capsy
         code, _, err = _convert(capsys, "demo", str(tmp_path / "x.safetensors"), "--to", "trainner")
     assert code == 2
     assert err.strip().splitlines() == [
-        "error: this AE has no traiNNer-redux equivalent: num_grow_ch=16 "
-        "(traiNNer-redux's RRDB blocks fix it at 32)."
+        "error: this AE has no traiNNer-redux equivalent: its encoder is the bicubic ablation "
+        "(traiNNer-redux's AE has a learned one); num_grow_ch=16 (traiNNer-redux's RRDB blocks fix it at 32)."
     ]
     assert not (tmp_path / "x.safetensors").exists()
 

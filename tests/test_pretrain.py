@@ -480,7 +480,26 @@ def test_presets_fill_what_the_command_line_does_not_give(tmp_path):
         assert cfg.steps == 7  # the flag given wins
         assert cfg.ema_warmup is False
         assert all(getattr(cfg, k) == v for k, v in values.items() if k != "steps")
+        assert cfg.cautions() == []  # no preset makes an AE blind to a colour direction
     assert "--preset {tiny,demo,paper}" in parser.format_help()
+
+
+def test_an_encoder_narrower_than_the_colours_is_cautioned_once_the_run_starts(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="aesop_loss")
+    assert main([*_args(tmp_path / "run"), "--steps", "1", "--batch-size", "1"]) == 0  # 16 features at x4
+    cautions = [r.getMessage() for r in caplog.records if r.getMessage().startswith("warning: --num-feat")]
+    assert cautions == [
+        "warning: --num-feat 16 at --scale 4: the learned encoder starts with 1 channel for 3 colours, so "
+        "it drops a colour direction: AESOP with this AE cannot see a colour cast along it, and an SR net "
+        "trained with it drifts that way; use --encoder bicubic (a wider learned encoder can still learn to "
+        "drop one on a small photo set: check the run's colour floor)"
+    ]
+    caplog.clear()
+    bicubic = [*_args(tmp_path / "bicubic"), "--steps", "1", "--batch-size", "1", "--encoder", "bicubic"]
+    assert main(bicubic) == 0
+    assert not [r for r in caplog.records if "colour" in r.getMessage() and r.levelno >= logging.WARNING]
 
 
 def test_a_step_that_cannot_fit_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):

@@ -298,9 +298,12 @@ class _BicubicDownsample(nn.Module):
         self.scale = scale
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.interpolate(
-            x, scale_factor=1.0 / self.scale, mode="bicubic", align_corners=False, antialias=True
+        # in fp32 whatever x's dtype: antialiased bicubic has no bf16/fp16 kernel on CPUs, and the
+        # downsample is a sliver of an AE's cost
+        y = F.interpolate(
+            x.float(), scale_factor=1.0 / self.scale, mode="bicubic", align_corners=False, antialias=True
         )
+        return y.to(x.dtype)
 
 
 class AutoEncoder(_Model):

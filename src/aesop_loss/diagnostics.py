@@ -15,6 +15,13 @@ measurements on real photos tell whether an AE does:
 - ``colour_gains``: a uniform offset of the input along Y, Cb and Cr comes out of a faithful AE with
   gain about 1; an AE that memorised its training photos' colours passes Cb/Cr with a small gain,
   and AESOP with it cannot see colour errors.
+- ``colour_floor``: the smallest gain over *all* colour directions of a uniform offset (the smallest
+  singular value of the 3x3 map from input offset to output offset), and ``colour_blind``, the RGB
+  direction it belongs to. Near 0, AESOP cannot see a colour cast along that direction at all, and
+  an SR net trained with it drifts along it freely (differently for every seed). A learned encoder
+  whose first conv has fewer channels than the image (``num_feat / scale**2 < 3``: the demo-size
+  ``num_feat=32`` at x4 has 2) loses one direction by construction; a wider one can learn to drop
+  one when pretrained on few photos. The fixed bicubic encoder keeps all three.
 
 With a ``teacher`` AE (a compact AE distilled from a larger one, say), two more: the cosine
 similarity between the student's and the teacher's AESOP gradients with respect to an SR-like input
@@ -48,7 +55,8 @@ __all__ = [
     "THRESHOLDS",
     "Diagnosis",
     "Thresholds",
-    "colour_gains",
+    "colour_floor",
+    "colour_transfer",
     "diagnose",
     "gradient_agreement",
     "low_frequency_change",
@@ -82,6 +90,9 @@ class Thresholds:
         unfit_selectivity: Below this, AESOP penalises detail about as much as error (like L1).
         warn_selectivity: Below this, it separates them weakly.
         warn_colour_gain: A Cb or Cr gain below this: colour errors are under-weighted.
+        unfit_colour_floor: Below this smallest gain over all colour directions, AESOP is blind to
+            a colour cast along one of them.
+        warn_colour_floor: Below this, it sees one only weakly.
         warn_luma_gain: The Y gain outside ``[a, b]``: brightness errors are mis-weighted.
         warn_teacher_cosine: Below this gradient cosine to a teacher (when one is given), the
             student steers an SR net differently from it.
@@ -95,6 +106,8 @@ class Thresholds:
     unfit_selectivity: float = 3.0
     warn_selectivity: float = 10.0
     warn_colour_gain: float = 0.5
+    unfit_colour_floor: float = 0.1
+    warn_colour_floor: float = 0.3
     warn_luma_gain: tuple[float, float] = (0.8, 1.25)
     warn_teacher_cosine: float = 0.9
 
@@ -136,6 +149,14 @@ class Thresholds:
                 f"colour gains {', '.join(low_colour)} < {self.warn_colour_gain:g}: colour errors are "
                 "under-weighted (pretrain with --color-jitter, or on more varied images)"
             )
+        floor, cast = d.colour_floor, f"a colour cast along RGB ({_rgb(d.colour_blind)})"
+        fix = "pretrain with --encoder bicubic and --color-jitter, longer, or on more varied photos"
+        if not floor >= self.unfit_colour_floor:
+            why = f"{cast} is invisible to AESOP, so an SR net drifts along it ({fix})"
+            unfit.append(low("colour floor", floor, self.unfit_colour_floor, 2, why))
+        elif floor < self.warn_colour_floor:
+            why = f"{cast} is under-weighted ({fix})"
+            warn.append(low("colour floor", floor, self.warn_colour_floor, 2, why))
         lo, hi = self.warn_luma_gain
         if not lo <= gains["y"] <= hi:
             warn.append(
@@ -148,6 +169,11 @@ class Thresholds:
         if unfit:
             return "unfit", unfit + warn
         return ("warn" if warn else "ok"), warn
+
+
+def _rgb(direction: Sequence[float]) -> str:
+    """An RGB direction as ``+0.10, -0.98, +0.16``."""
+    return ", ".join(f"{v:+.2f}" for v in direction)
 
 
 def _below(value: float, limit: float, digits: int = 2) -> str:
@@ -180,6 +206,8 @@ class Diagnosis:
         selectivity: fidelity_ratio / detail_ratio.
         retention: fidelity_ratio.
         colour_gains: ``{"y", "cb", "cr"}`` gains of a uniform input offset (about 1 is good).
+        colour_floor: The smallest gain of a uniform input offset over all colour directions.
+        colour_blind: That direction, a unit RGB vector (green positive).
         images: How many images were measured.
         tiles: How many tiles, over all images.
         recon_psnr_per_image: Each image's reconstruction PSNR (mean over its tiles), dB.
@@ -198,6 +226,8 @@ class Diagnosis:
     selectivity: float
     retention: float
     colour_gains: dict[str, float]
+    colour_floor: float
+    colour_blind: list[float]
     images: int
     tiles: int = 0
     recon_psnr_per_image: list[float] = dataclasses.field(default_factory=list)
@@ -232,7 +262,9 @@ class Diagnosis:
             ("fidelity ratio", f"{self.fidelity_ratio:.3f}", "AESOP/L1 on a low-frequency error (high)"),
             ("selectivity", f"{self.selectivity:.1f}", "fidelity ratio / detail ratio"),
             ("colour gains", f"Y {g['y']:.2f} Cb {g['cb']:.2f} Cr {g['cr']:.2f}", "offsets passed (about 1)"),
-        ]
+            ("colour floor", f"{self.colour_floor:.2f} along RGB ({_rgb(self.colour_blind)})",
+             "the least-passed colour offset (about 1)"),
+        ]  # fmt: skip
         if self.teacher_grad_cosine is not None and self.teacher_loss_ratio is not None:
             rows += [
                 ("gradient cosine", f"{self.teacher_grad_cosine:.4f}", "to the teacher's AESOP gradient (1)"),
@@ -295,10 +327,10 @@ def low_frequency_change(hr: Tensor, energy: float) -> Tensor:
 
 
 @torch.no_grad()
-def colour_gains(
+def colour_transfer(
     ae: AutoEncoder, x: Tensor, *, offset: float = 0.02, base: Tensor | None = None
-) -> dict[str, float]:
-    """How much of a uniform input offset along Y, Cb and Cr the AE passes to its output.
+) -> Tensor:
+    """How a uniform input offset along each of Y, Cb and Cr moves the AE's output, in YCbCr.
 
     Args:
         ae: The autoencoder.
@@ -307,18 +339,44 @@ def colour_gains(
         base: ``ae(x)``, when the caller has it already.
 
     Returns:
-        ``{"y": gain, "cb": gain, "cr": gain}``; a faithful AE gives about 1 each.
+        A ``(3, 3)`` float64 matrix on the CPU: column ``j`` is the mean output change (Y, Cb, Cr)
+        per unit of input offset along axis ``j``. A faithful AE gives about the identity.
+
+    Examples:
+        >>> ae = AutoEncoder(num_feat=48, num_block=1, num_grow_ch=8, encoder="bicubic")
+        >>> colour_transfer(ae, torch.rand(1, 3, 32, 32)).shape
+        torch.Size([3, 3])
     """
     ycbcr = _YCBCR.to(x.device, torch.float32)
     base = ae(x) if base is None else base
-    gains = {}
-    for c, name in enumerate(("y", "cb", "cr")):
+    columns = []
+    for c in range(3):
         shift = torch.zeros(3, device=x.device)
         shift[c] = offset
         rgb = torch.linalg.solve(ycbcr, shift).view(1, 3, 1, 1)
         moved = torch.einsum("ij,bjhw->bihw", ycbcr, ae(x + rgb) - base)
-        gains[name] = float(moved[:, c].mean()) / offset
-    return gains
+        columns.append(moved.mean(dim=(0, 2, 3)).double().cpu() / offset)
+    return torch.stack(columns, dim=1)
+
+
+def colour_floor(transfer: Tensor) -> tuple[float, list[float]]:
+    """The smallest gain of a ``colour_transfer`` matrix over all colour directions, and its direction.
+
+    Returns:
+        ``(gain, [r, g, b])``: the smallest singular value of the transfer in RGB, and the unit RGB
+        input direction it belongs to (signed so that its largest component is positive).
+
+    Examples:
+        >>> gain, direction = colour_floor(torch.diag(torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64)))
+        >>> round(gain, 6), [round(v, 2) for v in direction]  # the RGB offset that moves only Cr
+        (0.0, [0.89, -0.45, 0.0])
+    """
+    ycbcr = _YCBCR.double()
+    rgb = torch.linalg.solve(ycbcr, transfer.double() @ ycbcr)  # RGB offset -> RGB output change
+    _, values, vh = torch.linalg.svd(rgb)
+    direction = vh[-1] / vh[-1].norm()
+    direction = direction * torch.sign(direction[direction.abs().argmax()])
+    return float(values[-1]), [float(v) for v in direction]
 
 
 def gradient_agreement(
@@ -448,7 +506,7 @@ def diagnose(
     gen = torch.Generator().manual_seed(seed)
     pick = random.Random(seed)
     sums: dict[str, float] = {"lr": 0.0, "d_l1": 0.0, "d_ae": 0.0, "f_l1": 0.0, "f_ae": 0.0}
-    gains = {"y": 0.0, "cb": 0.0, "cr": 0.0}
+    transfer = torch.zeros(3, 3, dtype=torch.float64)
     recon: list[float] = []
     kept: list[Tensor] = []  # the tiles, for the teacher (each image is dropped once it is cut)
     count = 0
@@ -470,8 +528,7 @@ def diagnose(
                 moved = x + delta.to(device, x.dtype)
                 sums[f"{key}_l1"] += float((moved - x).abs().mean())
                 sums[f"{key}_ae"] += float((ae(moved) - base).abs().mean())
-            for name, gain in colour_gains(ae, x, base=base).items():
-                gains[name] += gain
+            transfer += colour_transfer(ae, x, base=base)
             count += 1
         recon.append(sum(per_tile) / len(per_tile))
         if progress is not None:
@@ -481,6 +538,8 @@ def diagnose(
         raise ValueError("diagnose: no images to measure on.")
     detail_ratio = sums["d_ae"] / sums["d_l1"]
     fidelity_ratio = sums["f_ae"] / sums["f_l1"]
+    transfer /= count
+    floor, blind = colour_floor(transfer)
     diagnosis = Diagnosis(
         recon_psnr=sum(recon) / len(recon),
         lr_psnr=sums["lr"] / count,
@@ -488,7 +547,9 @@ def diagnose(
         fidelity_ratio=fidelity_ratio,
         selectivity=fidelity_ratio / detail_ratio if detail_ratio > 0 else float("inf"),
         retention=fidelity_ratio,
-        colour_gains={k: v / count for k, v in gains.items()},
+        colour_gains={k: float(g) for k, g in zip(("y", "cb", "cr"), transfer.diagonal(), strict=True)},
+        colour_floor=floor,
+        colour_blind=blind,
         images=len(recon),
         tiles=count,
         recon_psnr_per_image=recon,

@@ -67,7 +67,7 @@ WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 _BUNDLED = Path(__file__).parent / "pretrained"
 # Names of the AEs bundled with the package (examples and tests only) -> their folders.
-_DEMO_AES = {"demo": _BUNDLED / "demo", "demo-compact": _BUNDLED / "demo-compact"}
+_DEMO_AES = {name: _BUNDLED / name for name in ("demo", "demo-compact", "yardstick")}
 _FILE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
 # The Hub's rules: org/name of letters, digits, '-', '_', '.'; no '--' or '..'; at most 96 each.
 _REPO_ID = re.compile(r"^(?!.*(?:--|\.\.))[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}(?<![.-])$")
@@ -479,7 +479,7 @@ def load_model(
                 f"the {text} AE is missing from this installation ({folder}); reinstall aesop-loss."
             )
         warnings.warn(
-            "Loaded the bundled demo AE, trained on a handful of sample images: fine for examples "
+            f"Loaded the bundled demo AE {text!r}, trained on a handful of sample images: fine for examples "
             "and tests, not for research results. Use the paper's AE (convert the authors' "
             "checkpoint with 'python -m aesop_loss.convert') or one pretrained on DIV2K/DF2K.",
             UserWarning,
@@ -531,12 +531,14 @@ class HubMixin:
         every hyperparameter is inferred from tensor shapes. A folder's ``config.json`` is checked
         against its weights' shapes before the model is built. Loading is always strict, and
         ``.pth`` files are read with ``weights_only=True``. ``"demo"`` names the small AE bundled
-        with the package, ``"demo-compact"`` a compact AE distilled from it (examples and tests
-        only).
+        with the package, ``"demo-compact"`` a compact AE distilled from it, ``"yardstick"`` a
+        compact AE trained independently of both, for scoring AE-PSNR (examples, benchmarks and
+        tests only).
 
         Args:
-            src: Hub repo id (``org/name`` or ``org/name@revision``), ``"demo"``, a folder written
-                by ``save_pretrained``, a ``.safetensors`` file, or a ``.pth`` checkpoint
+            src: Hub repo id (``org/name`` or ``org/name@revision``), a bundled name (``"demo"``,
+                ``"demo-compact"``, ``"yardstick"``), a folder written by ``save_pretrained``, a
+                ``.safetensors`` file, or a ``.pth`` checkpoint
                 (``{"params_ema": sd}``, ``{"params": sd}`` or a bare state dict).
             revision: Hub revision (branch, tag or commit) when ``src`` is a repo id.
             device: Where to put the weights (default: CPU).

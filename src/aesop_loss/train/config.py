@@ -29,14 +29,16 @@ AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat1
 
 # --preset NAME: settings a run starts from; a flag given on the command line wins over its preset value.
 PRESETS: dict[str, dict[str, Any]] = {
-    # try the tool: a tiny AE, about 20 s on an idle 2-core CPU, 75-99 s on a busy one (22.8-23.6 dB
-    # reconstruction over 3 seeds; not for research)
-    "tiny": {"num_feat": 16, "num_block": 1, "num_grow_ch": 8, "crop": 64, "batch_size": 4, "steps": 300,
-             "lr": 1e-3, "ema": 0.99, "save_every": 100, "val_every": 100, "log_every": 20},
-    # the bundled demo AE's recipe (its model card): 8,000 steps, 20-25 minutes on a 2-core CPU
-    "demo": {"num_feat": 32, "num_block": 2, "num_grow_ch": 16, "crop": 48, "batch_size": 8, "steps": 8000,
-             "lr": 5e-4, "ema": 0.995, "color_jitter": 0.25, "save_every": 500, "val_every": 1000,
-             "log_every": 100},
+    # try the tool: a tiny AE in about 10 s on a 2-core CPU (docs/pretraining.md; its colour floor is
+    # too low to train with). Both CPU presets use the fixed bicubic encoder: a learned
+    # one this narrow (num_feat / scale**2 < 3 channels) drops a colour direction (PretrainConfig.cautions)
+    "tiny": {"num_feat": 16, "num_block": 1, "num_grow_ch": 8, "encoder": "bicubic", "crop": 64,
+             "batch_size": 4, "steps": 300, "lr": 1e-3, "ema": 0.99, "color_jitter": 0.25, "save_every": 100,
+             "val_every": 100, "log_every": 20},
+    # the bundled demo AE's recipe (its model card): 8,000 steps, about 15 minutes on a 2-core CPU
+    "demo": {"num_feat": 32, "num_block": 2, "num_grow_ch": 16, "encoder": "bicubic", "crop": 48,
+             "batch_size": 8, "steps": 8000, "lr": 5e-4, "ema": 0.995, "color_jitter": 0.25,
+             "save_every": 500, "val_every": 1000, "log_every": 100},
     "paper": {},  # the defaults: the paper's recipe, for GPUs
 }  # fmt: skip
 """The settings of each ``--preset``."""
@@ -235,6 +237,26 @@ class PretrainConfig:
             )
         check_device(self.device)
         check_amp(self.amp, self.device)
+
+    def cautions(self) -> list[str]:
+        """Valid settings that make an AE worse for AESOP, one line each: the run warns and goes on.
+
+        Examples:
+            >>> PretrainConfig(data="d", out=Path("o"), num_feat=32, scale=4).cautions()[0][:61]
+            '--num-feat 32 at --scale 4: the learned encoder starts with 2'
+            >>> PretrainConfig(data="d", out=Path("o"), num_feat=32, encoder="bicubic").cautions()
+            []
+        """
+        channels = self.num_feat // self.scale**2
+        if self.encoder == "learned" and not self.decoder_init and channels < 3:
+            return [
+                f"--num-feat {self.num_feat} at --scale {self.scale}: the learned encoder starts with "
+                f"{channels} channel{'s' * (channels > 1)} for 3 colours, so it drops a colour direction: "
+                "AESOP with this AE cannot see a colour cast along it, and an SR net trained with it "
+                "drifts that way; use --encoder bicubic (a wider learned encoder can still learn to drop "
+                "one on a small photo set: check the run's colour floor)"
+            ]
+        return []
 
     def resume_signature(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run it continues."""

@@ -472,6 +472,8 @@ def train(cfg: PretrainConfig) -> Path:
                        legacy_keys=keys, resume=cfg.resume)  # fmt: skip
     if main_process:  # rank 0 writes the folder, so it holds the lock
         folder.claim()
+        for caution in cfg.cautions():
+            logger.warning("warning: %s", caution)
     try:
         env = _setup_distributed(cfg.device)
         cfg.world_size = env.world
