@@ -206,7 +206,7 @@ def check_budget(
     )
     if device.type == "cpu" and est.run_seconds > _SLOW_CPU_RUN_S:
         message += (
-            " on this CPU. For a quick run: --preset tiny (20 s to 2 min) or --preset demo (the bundled "
+            " on this CPU. For a quick run: --preset tiny (10 s to 1 min) or --preset demo (the bundled "
             "demo AE's recipe); the paper's settings are meant for GPUs."
         )
     if report:

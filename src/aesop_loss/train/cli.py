@@ -2,7 +2,7 @@
 
 Loss: ``L1(AE(HR), HR) + bottleneck_weight * L1(encode(HR), LR_bicubic)``; defaults are the paper's
 (Adam 1e-4, betas 0.9/0.99, EMA 0.999, crop 256, 100k steps), meant for GPUs. On a CPU, start from
-``--preset tiny`` (a tiny AE in 20 s to 2 min) or ``--preset demo`` (the bundled demo AE's
+``--preset tiny`` (a tiny AE in 10 s to 1 min) or ``--preset demo`` (the bundled demo AE's
 recipe). Before it starts, a run estimates its memory and time per step and refuses a step that
 cannot fit the free memory (``--force`` overrides). Runs on a CPU, one GPU, or many with
 ``torchrun --nproc_per_node=N -m aesop_loss.pretrain ...`` (DDP is detected from the ``RANK`` /

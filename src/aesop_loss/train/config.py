@@ -115,8 +115,8 @@ class PretrainConfig:
         metadata=_required("run folder; a loadable model folder after the first save", 4)
     )
     preset: str | None = _opt(
-        None, "start from named settings: tiny (20 s to 2 min on a CPU, to try the tool), demo (the bundled "
-        "demo AE's recipe, 20-25 min on a CPU) or paper (the defaults, for GPUs); flags you give win",
+        None, "start from named settings: tiny (10 s to 1 min on a CPU, to try the tool), demo (the bundled "
+        "demo AE's recipe, 13-25 min on a CPU) or paper (the defaults, for GPUs); flags you give win",
         1, choices=tuple(PRESETS),
     )  # fmt: skip
     data_dir: str | None = _opt(None, "download/cache folder (default ~/.cache/aesop-loss/datasets)", 0)
