@@ -207,7 +207,7 @@ class Diagnosis:
         retention: fidelity_ratio.
         colour_gains: ``{"y", "cb", "cr"}`` gains of a uniform input offset (about 1 is good).
         colour_floor: The smallest gain of a uniform input offset over all colour directions.
-        colour_blind: That direction, a unit RGB vector (green positive).
+        colour_blind: That direction, a unit RGB vector (its largest component positive).
         images: How many images were measured.
         tiles: How many tiles, over all images.
         recon_psnr_per_image: Each image's reconstruction PSNR (mean over its tiles), dB.
