@@ -289,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.psnr_cap > 0 or math.isinf(args.psnr_cap):
         p.error(f"--psnr-cap {args.psnr_cap}: expected a finite number of dB > 0")
+    for flag, value in (("--flat-sd", args.flat_sd), ("--lr-weight", args.lr_weight)):
+        if not 0 <= value < math.inf:
+            p.error(f"{flag} {value}: expected a finite number >= 0")
     if args.report is not None:
         units = read_units(args.report)
         if not units:

@@ -169,3 +169,17 @@ def test_bench_guidance_report_caps_exact_matches_for_every_loss_and_says_so(tmp
     assert pairs == ["psnr_y", "lr_psnr", "ae_psnr@yardstick"], out  # (0.5 + 0.5 + 0) / 3 per unit, paired
     textured = out.split("the same, textured crops only (HR sd >= 2 levels; 2 per unit)")[1]
     assert re.findall(r"^AESOP demo - L1\s+(psnr_y)\s+\+0\.50 \[", textured, re.M) == ["psnr_y"], out
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--flat-sd", "nan"), ("--flat-sd", "-1"), ("--lr-weight", "inf"), ("--psnr-cap", "0")],
+)
+def test_bench_guidance_refuses_a_bad_number_before_training(flag, value, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_guidance.py"), flag, value, "--record", str(tmp_path / "r")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert f"error: {flag} " in proc.stderr.splitlines()[-1]
+    assert not (tmp_path / "r").exists()
