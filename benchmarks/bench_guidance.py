@@ -196,6 +196,7 @@ def report(units: list[dict[str, object]], cap: float, flat_sd: float = 2.0) -> 
         # each AE loss minus L1, later AEs minus earlier
         combos = list(itertools.combinations(reversed(names), 2))
         width = max(len(f"{a} - {b}") for a, b in combos) + 2
+        mwidth = max(len(m) for m in metrics) + 2  # a reference AE named by a long path widens it
         for a, b in combos:
             for m in metrics:
                 d = MeanInterval.of([ra[m] - rb[m] for ra, rb in zip(results[a], results[b], strict=True)])
@@ -203,7 +204,7 @@ def report(units: list[dict[str, object]], cap: float, flat_sd: float = 2.0) -> 
                 same = m.split("@")[-1] in (trained_with(a), trained_with(b))
                 interval = f"{d.mean:+7.2f} [{d.low:+6.2f}, {d.high:+6.2f}]"
                 label = f"{verdict}{' (same AE as trained with)' * same}"
-                print(f"{a + ' - ' + b:<{width}}{m:<22}{interval}  {label}")
+                print(f"{a + ' - ' + b:<{width}}{m:<{mwidth}}{interval}  {label}")
 
     first = [by[(n, *k)] for n in names for k in keys]
     touched = {m: sum(x > cap for u in first for x in u[m]) for m in metrics}  # type: ignore[attr-defined]
