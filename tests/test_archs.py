@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from aesop_loss import AutoEncoder, CheckpointError, RRDBNet
 from aesop_loss.checkpoints import canonicalize_autoencoder, read_state_dict
 
-from conftest import AE_CKPT, OFFICIAL, RRDB_CKPT, TINY, rel_err
+from conftest import AE_CKPT, OFFICIAL, RRDB_CKPT, TINY, rel_err, skip_without_autocast
 
 
 @pytest.mark.usefixtures("strict_fp32")
@@ -192,13 +192,17 @@ def test_bicubic_encoder_takes_reduced_precision_input(dtype, device):
     z = ae.encode(x.to(dtype))
     assert z.dtype == dtype
     assert torch.allclose(z.float(), ae.encode(x), atol=1e-2)
-    if dtype is torch.bfloat16:
-        ae.is_pretrained = True
-        loss = AESOPLoss(ae, precision="bf16")
-        sr = x.clone().requires_grad_()
-        loss(sr, torch.rand_like(x)).backward()
-        assert sr.grad is not None
-        assert torch.isfinite(sr.grad).all()
+    # as a framework calls it: a net's output made inside autocast, the AE following it ("auto")
+    skip_without_autocast(device.type, dtype)
+    ae.is_pretrained = True
+    net = torch.nn.Conv2d(3, 3, 3, padding=1).to(device)
+    with torch.autocast(device.type, dtype=dtype):
+        sr = net(x)
+        assert sr.dtype == dtype
+        value = AESOPLoss(ae, precision="auto")(sr, torch.rand_like(x))
+    value.backward()
+    assert net.weight.grad is not None
+    assert torch.isfinite(net.weight.grad).all()
 
 
 def test_constructor_validation():
